@@ -199,8 +199,9 @@ class HighResolutionModule(nn.Module):
 
 
 def _transition(in_ch: int, out_ch: int, nested: bool) -> nn.Sequential:
-    layers = nn.Sequential(_conv3x3(in_ch, out_ch, stride=2 if nested else 1), _bn(out_ch),
-                           nn.ReLU())
+    layers = nn.Sequential(
+        _conv3x3(in_ch, out_ch, stride=2 if nested else 1), _bn(out_ch), nn.ReLU()
+    )
     return nn.Sequential(layers) if nested else layers
 
 
@@ -227,11 +228,13 @@ class HRNetW48(nn.Module):
             [_transition(256, c0, nested=False), _transition(256, c1, nested=True)]
         )
         self.stage2 = nn.Sequential(HighResolutionModule((c0, c1)))
-        self.transition2 = nn.ModuleList([nn.Identity(), nn.Identity(),
-                                          _transition(c1, c2, nested=True)])
+        self.transition2 = nn.ModuleList(
+            [nn.Identity(), nn.Identity(), _transition(c1, c2, nested=True)]
+        )
         self.stage3 = nn.Sequential(*(HighResolutionModule((c0, c1, c2)) for _ in range(4)))
-        self.transition3 = nn.ModuleList([nn.Identity(), nn.Identity(), nn.Identity(),
-                                          _transition(c2, c3, nested=True)])
+        self.transition3 = nn.ModuleList(
+            [nn.Identity(), nn.Identity(), nn.Identity(), _transition(c2, c3, nested=True)]
+        )
         self.stage4 = nn.Sequential(*(HighResolutionModule((c0, c1, c2, c3)) for _ in range(3)))
         self.final_layer = nn.Conv2d(c0, 24, 1)  # unused by the reference forward
         self.upsample_stage_2 = _upsample_head(c1, 1)
@@ -253,8 +256,12 @@ class HRNetW48(nn.Module):
         for module in self.stage4:
             xs = module(xs)
         upsampled = torch.cat(
-            [xs[0], self.upsample_stage_2(xs[1]), self.upsample_stage_3(xs[2]),
-             self.upsample_stage_4(xs[3])],
+            [
+                xs[0],
+                self.upsample_stage_2(xs[1]),
+                self.upsample_stage_3(xs[2]),
+                self.upsample_stage_4(xs[3]),
+            ],
             dim=1,
         )
         return xs, upsampled
@@ -296,15 +303,25 @@ class UNetDecoder(nn.Module):
             )
 
         self.upsample_modules = nn.ModuleDict(
-            {"upsample_3_to_2": up(c3, c2), "upsample_2_to_1": up(c2, c1),
-             "upsample_1_to_0": up(c1, c0)}
+            {
+                "upsample_3_to_2": up(c3, c2),
+                "upsample_2_to_1": up(c2, c1),
+                "upsample_1_to_0": up(c1, c0),
+            }
         )
         self.fusion_and_refinement = nn.ModuleDict(
-            {"fuse_and_refine_3": refine(2 * c2, c2), "fuse_and_refine_2": refine(2 * c1, c1),
-             "fuse_and_refine_1": refine(2 * c0, c0)}
+            {
+                "fuse_and_refine_3": refine(2 * c2, c2),
+                "fuse_and_refine_2": refine(2 * c1, c1),
+                "fuse_and_refine_1": refine(2 * c0, c0),
+            }
         )
-        final: list[nn.Module] = [_conv3x3(c0, c0, bias=True), _bn(c0), nn.ReLU(),
-                                  _conv1x1(c0, out_channels, bias=True)]
+        final: list[nn.Module] = [
+            _conv3x3(c0, c0, bias=True),
+            _bn(c0),
+            nn.ReLU(),
+            _conv1x1(c0, out_channels, bias=True),
+        ]
         if sigmoid:
             final.append(nn.Sigmoid())
         self.final_layers = nn.Sequential(*final)
@@ -408,8 +425,11 @@ class Regressor(nn.Module):
         n = attention.shape[-1]
         g = depth_feats.mean(dim=(2, 3))
         per_joint = torch.cat(
-            [attention, bbox_info.unsqueeze(-1).expand(-1, -1, n),
-             g.unsqueeze(-1).expand(-1, -1, n)],
+            [
+                attention,
+                bbox_info.unsqueeze(-1).expand(-1, -1, n),
+                g.unsqueeze(-1).expand(-1, -1, n),
+            ],
             dim=1,
         )
         return per_joint.transpose(1, 2)
@@ -519,7 +539,8 @@ def _check_arrays(net: DPoseNet, arrays: Mapping[str, np.ndarray]) -> None:
         if wrong:
             parts.append(f"{len(wrong)} with wrong shapes (e.g. {wrong[:3]})")
         raise CheckpointError(
-            "The weights do not match the D-PoSE network: " + "; ".join(parts)
+            "The weights do not match the D-PoSE network: "
+            + "; ".join(parts)
             + ". Use the released D-PoSE checkpoint (paper_arxiv.ckpt) with the 'model.' "
             "prefix stripped."
         )
@@ -538,7 +559,8 @@ def build_network(
     if arrays is not None:
         _check_arrays(net, arrays)
         tensors = {
-            k: torch.from_numpy(a) if isinstance(a, np.ndarray) and a.flags.writeable
+            k: torch.from_numpy(a)
+            if isinstance(a, np.ndarray) and a.flags.writeable
             else torch.as_tensor(np.array(a))
             for k, a in arrays.items()
         }
