@@ -1,0 +1,105 @@
+"""The numpy crop/resize must equal the reference's skimage-based preprocessing."""
+
+import numpy as np
+import pytest
+
+from dpose_core import preprocess
+from dpose_core.constants import IMAGENET_MEAN, IMAGENET_STD
+from dpose_core.errors import FrameError
+
+skimage_transform = pytest.importorskip("skimage.transform")
+skimage_data = pytest.importorskip("skimage.data")
+
+
+def _reference_crop(img: np.ndarray, center, scale: float, res: int = 224) -> np.ndarray:
+    """The reference demo's crop, written from the spec (§9) with skimage's resize."""
+    h = 200 * scale
+    t = np.array(
+        [
+            [res / h, 0, res * (-center[0] / h + 0.5)],
+            [0, res / h, res * (-center[1] / h + 0.5)],
+            [0, 0, 1.0],
+        ]
+    )
+    inv = np.linalg.inv(t)
+    ul = (inv @ np.array([0.0, 0.0, 1.0]))[:2].astype(int)
+    br = (inv @ np.array([float(res), float(res), 1.0]))[:2].astype(int)
+    new = np.zeros((br[1] - ul[1], br[0] - ul[0], 3))
+    nx = max(0, -ul[0]), min(br[0], img.shape[1]) - ul[0]
+    ny = max(0, -ul[1]), min(br[1], img.shape[0]) - ul[1]
+    ox = max(0, ul[0]), min(img.shape[1], br[0])
+    oy = max(0, ul[1]), min(img.shape[0], br[1])
+    new[ny[0] : ny[1], nx[0] : nx[1]] = img[oy[0] : oy[1], ox[0] : ox[1]]
+    return skimage_transform.resize(new, (res, res))
+
+
+def test_box_to_center_scale_uses_longer_side_without_padding():
+    centre, scale = preprocess.box_to_center_scale([10, 20, 110, 420])
+    np.testing.assert_allclose(centre, [60, 220])
+    assert scale == pytest.approx(400 / 200)
+    centre, scale = preprocess.box_to_center_scale([0, 0, 300, 100])
+    assert scale == pytest.approx(1.5)
+    with pytest.raises(FrameError):
+        preprocess.box_to_center_scale([10, 10, 5, 20])
+
+
+@pytest.mark.parametrize("size", [(500, 300), (1000, 997), (224, 224), (50, 51), (7, 3), (2, 300)])
+def test_resize_equals_skimage(size):
+    region = np.random.default_rng(1).uniform(0, 255, (*size, 3))
+    ours = preprocess._resize(region, 224)
+    np.testing.assert_allclose(ours, skimage_transform.resize(region, (224, 224)), atol=1e-6)
+
+
+_BOXES = [
+    (100.3, 50.7, 300.2, 420.9),  # downsample, inside the image
+    (-80.0, 30.0, 200.0, 600.0),  # hangs off the left and bottom
+    (400.5, 400.5, 600.0, 520.0),  # hangs off the right/bottom corner
+    (200.0, 200.0, 260.0, 240.0),  # small: upsampling
+    (10.0, 20.0, 110.0, 220.0),  # integer corners: c - h/2 exactly integral
+    (250.0, 250.0, 253.0, 252.0),  # tiny box
+]
+
+
+@pytest.mark.parametrize("box", _BOXES)
+def test_crop_equals_reference_on_real_image(box):
+    image = skimage_data.astronaut()
+    centre, scale = preprocess.box_to_center_scale(box)
+    ours = preprocess.crop_image(image, centre, scale)
+    assert ours.dtype == np.float32 and ours.shape == (224, 224, 3)
+    np.testing.assert_allclose(ours, _reference_crop(image, centre, scale), atol=1e-3)
+
+
+def test_crop_equals_reference_on_random_images():
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        h, w = rng.integers(40, 700, size=2)
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)  # centre inside, box may hang off
+        bw, bh = rng.uniform(3, w), rng.uniform(3, h)
+        box = (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
+        centre, scale = preprocess.box_to_center_scale(box)
+        ours = preprocess.crop_image(image, centre, scale)
+        np.testing.assert_allclose(ours, _reference_crop(image, centre, scale), atol=1e-3)
+
+
+def test_crop_box_is_the_truncated_square():
+    centre, scale = np.array([100.6, 80.2]), 0.5
+    box = preprocess.crop_box(centre, scale)
+    np.testing.assert_array_equal(box, [50, 30, 150, 130])  # trunc(c -/+ 50)
+    box = preprocess.crop_box(np.array([-20.5, 10.2]), 1.0)
+    np.testing.assert_array_equal(box, [-120, -89, 79, 110])  # truncation is toward zero
+
+
+def test_box_fully_outside_gives_black_crop():
+    image = np.full((100, 100, 3), 200, dtype=np.uint8)
+    crop = preprocess.crop_image(image, np.array([500.0, 500.0]), 0.5)
+    assert crop.max() == 0.0
+
+
+def test_normalize_crops_layout_and_values():
+    crops = np.random.default_rng(3).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
+    out = preprocess.normalize_crops(crops)
+    assert out.shape == (2, 3, 224, 224) and out.dtype == np.float32
+    expected = (crops[1, 5, 7, 2] / 255 - IMAGENET_MEAN[2]) / IMAGENET_STD[2]
+    assert out[1, 2, 5, 7] == pytest.approx(expected, rel=1e-5)
+    assert preprocess.normalize_crops(crops[0]).shape == (1, 3, 224, 224)
