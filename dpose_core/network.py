@@ -24,6 +24,7 @@ needs torch).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -521,15 +522,31 @@ def state_dict_spec(module: nn.Module) -> list[tuple[str, tuple[int, ...], str]]
     ]
 
 
-def _check_arrays(net: DPoseNet, arrays: Mapping[str, np.ndarray]) -> None:
-    expected = {name: tuple(t.shape) for name, t in net.state_dict().items()}
+@functools.cache
+def expected_state_dict_spec() -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every entry `build_network` expects, in state-dict order.
+
+    Built on the meta device, so it costs no memory or initialisation time.
+    """
+    with torch.device("meta"):
+        net = DPoseNet()
+    return {name: (tuple(t.shape), t.dtype) for name, t in net.state_dict().items()}
+
+
+def _check_arrays(arrays: Mapping[str, np.ndarray]) -> None:
+    expected = expected_state_dict_spec()
     missing = [k for k in expected if k not in arrays]
     extra = [k for k in arrays if k not in expected]
-    wrong = [
-        f"{k}: got {tuple(np.shape(arrays[k]))}, expected {shape}"
-        for k, shape in expected.items()
-        if k in arrays and tuple(np.shape(arrays[k])) != shape
-    ]
+    wrong = []
+    for k, (shape, dtype) in expected.items():
+        if k not in arrays:
+            continue
+        a = np.asarray(arrays[k])
+        want_int = not dtype.is_floating_point
+        if tuple(a.shape) != shape:
+            wrong.append(f"{k}: shape {tuple(a.shape)}, expected {shape}")
+        elif (a.dtype.kind in "iu") != want_int or a.dtype.kind not in "iuf":
+            wrong.append(f"{k}: dtype {a.dtype}, expected {str(dtype).removeprefix('torch.')}")
     if missing or extra or wrong:
         parts = []
         if missing:
@@ -537,7 +554,7 @@ def _check_arrays(net: DPoseNet, arrays: Mapping[str, np.ndarray]) -> None:
         if extra:
             parts.append(f"{len(extra)} unexpected (e.g. {extra[:3]})")
         if wrong:
-            parts.append(f"{len(wrong)} with wrong shapes (e.g. {wrong[:3]})")
+            parts.append(f"{len(wrong)} mismatched (e.g. {wrong[:3]})")
         raise CheckpointError(
             "The weights do not match the D-PoSE network: "
             + "; ".join(parts)
@@ -552,17 +569,24 @@ def build_network(
     """A `DPoseNet` in eval mode on `device`, loaded strictly from `arrays` if given.
 
     `arrays` is the `model.`-stripped state dict (e.g. `checkpoint.load_checkpoint_arrays`).
-    Every key and shape must match; values are cast to the module's dtypes. Raises
-    `CheckpointError` naming the offending keys.
+    Every key, shape and dtype kind (integer vs float) must match, else `CheckpointError`
+    names the offending keys. Without `arrays` the weights are PyTorch's random init.
+    Loading builds the module on the meta device and assigns the arrays (cast to the expected
+    dtype; writable arrays of the right dtype are shared, not copied), so no time is spent on
+    a random initialisation that would be overwritten.
     """
-    net = DPoseNet()
-    if arrays is not None:
-        _check_arrays(net, arrays)
-        tensors = {
-            k: torch.from_numpy(a)
-            if isinstance(a, np.ndarray) and a.flags.writeable
-            else torch.as_tensor(np.array(a))
-            for k, a in arrays.items()
-        }
-        net.load_state_dict(tensors, strict=True)
+    if arrays is None:
+        return DPoseNet().to(device).eval()
+    _check_arrays(arrays)
+    expected = expected_state_dict_spec()
+    tensors = {}
+    for name, (_, dtype) in expected.items():
+        a = np.asarray(arrays[name])
+        np_dtype = np.int64 if dtype == torch.int64 else np.float32
+        if a.dtype != np_dtype or not a.flags.writeable or not a.flags.c_contiguous:
+            a = np.array(a, dtype=np_dtype, order="C", copy=True)
+        tensors[name] = torch.from_numpy(a)
+    with torch.device("meta"):
+        net = DPoseNet()
+    net.load_state_dict(tensors, strict=True, assign=True)
     return net.to(device).eval()
