@@ -400,17 +400,11 @@ def _read_pkl(path: Path) -> dict:
         raise BodyModelError(f"Cannot read SMPL-X pickle {path}: {exc}. {_HOW_TO_GET}") from exc
     if not isinstance(data, dict):
         raise BodyModelError(f"{path.name} does not hold an SMPL-X model dictionary. {_HOW_TO_GET}")
-    to_array = getattr(safe_pickle, "to_numpy", None)
     out = {}
     for key, value in data.items():
         key = key.decode("latin1") if isinstance(key, bytes) else str(key)
-        if to_array is not None:
-            value = to_array(value)
-        if isinstance(value, np.ndarray) or np.isscalar(value):
-            out[key] = np.asarray(value)
-        else:
-            try:
-                out[key] = np.asarray(value)
-            except Exception:  # noqa: BLE001 - keep going: unused entries may be odd objects
-                continue
+        try:
+            out[key] = safe_pickle.to_numpy(value)
+        except Exception:  # noqa: BLE001 - entries we do not use may be odd objects
+            continue
     return out

@@ -224,3 +224,29 @@ def test_forward_rejects_bad_shapes(model):
         model.forward(np.broadcast_to(np.eye(3), (2, 22, 3, 3)), np.zeros((3, 11)))
     with pytest.raises(ValueError):
         model.forward(np.broadcast_to(np.eye(3), (2, 22, 3, 3)), np.zeros(12))
+
+
+def test_load_pkl_with_sparse_regressor_and_refuse_code(tmp_path, model):
+    import pickle
+
+    from scipy import sparse
+
+    arrays = synthetic_smplx_arrays(seed=0)
+    arrays["J_regressor"] = sparse.csc_matrix(arrays["J_regressor"])
+    arrays["bs_style"] = "lbs"
+    path = tmp_path / "SMPLX_NEUTRAL.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump(arrays, fh, protocol=2)
+    from_pkl = BodyModel.load(path)
+    np.testing.assert_array_equal(from_pkl.J_regressor, model.J_regressor)
+    np.testing.assert_array_equal(from_pkl.posedirs, model.posedirs)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pkl"
+    with open(evil, "wb") as fh:
+        pickle.dump({"v_template": Evil()}, fh, protocol=2)
+    with pytest.raises(BodyModelError, match="evil.pkl"):
+        BodyModel.load(evil)
