@@ -121,3 +121,25 @@ def project_blender_points(
         [focal_px * cam[..., 0] / cam[..., 2] + cx, focal_px * cam[..., 1] / cam[..., 2] + cy],
         axis=-1,
     )
+
+
+# Motion.coordinate_frame values -> rotation taking that frame to Blender's world.
+_FRAMES_TO_BLENDER = {
+    "opencv_camera": OPENCV_TO_BLENDER,  # our estimates (footage camera at the origin)
+    "world_z_up": np.eye(3),  # AMASS and most mocap: already Z up like Blender
+    "smplx_y_up": SMPLX_TO_BLENDER,  # model frame of the SMPL-X rest pose
+}
+
+
+def frame_to_blender(coordinate_frame: str) -> np.ndarray:
+    """3x3 rotation from a motion's coordinate frame (Motion.coordinate_frame) to Blender world.
+
+    Apply it to transl and the global orientation (rotation 0); local joint rotations stay.
+    """
+    try:
+        return _FRAMES_TO_BLENDER[coordinate_frame].copy()
+    except KeyError:
+        known = ", ".join(sorted(_FRAMES_TO_BLENDER))
+        raise ValueError(
+            f"unknown coordinate frame {coordinate_frame!r}; known frames: {known}"
+        ) from None

@@ -93,3 +93,12 @@ def test_blender_camera_sees_what_opencv_camera_saw():
         assert u == pytest.approx(f * p_cam[0] / p_cam[2] + pp[0], abs=1e-3)
         assert v == pytest.approx(f * p_cam[1] / p_cam[2] + pp[1], abs=1e-3)
         assert ndc.z == pytest.approx(p_cam[2], abs=1e-5)
+
+
+def test_frame_to_blender_for_each_motion_frame():
+    np.testing.assert_array_equal(coords.frame_to_blender("opencv_camera"),
+                                  coords.OPENCV_TO_BLENDER)
+    np.testing.assert_array_equal(coords.frame_to_blender("world_z_up"), np.eye(3))
+    np.testing.assert_array_equal(coords.frame_to_blender("smplx_y_up"), coords.SMPLX_TO_BLENDER)
+    with pytest.raises(ValueError, match="opencv_camera"):
+        coords.frame_to_blender("unity")
