@@ -301,3 +301,20 @@ def test_mismatched_weights_raise_checkpoint_error(random_arrays, edit, message)
     edit(arrays)
     with pytest.raises(CheckpointError, match=message):
         network.build_network(arrays)
+
+
+def test_checkpoint_arrays_load_strictly(request):
+    """The checkpoint reader's output (Lightning layout, `model.` stripped) loads as is."""
+    pytest.importorskip("tests.synth_checkpoint")
+    checkpoint = pytest.importorskip("dpose_core.checkpoint")
+    path = request.getfixturevalue("checkpoint_path")
+    arrays = checkpoint.load_checkpoint_arrays(path)
+    loaded = network.build_network(arrays)
+    state = loaded.state_dict()
+    assert list(state) == list(network.expected_state_dict_spec())
+    for name in (
+        "head.init_pose",
+        "smpl.smplx.parents",
+        "backbone.stage4.2.fuse_layers.3.0.2.1.bias",
+    ):
+        assert np.array_equal(state[name].numpy(), np.asarray(arrays[name])), name
