@@ -34,9 +34,9 @@ from torch import nn
 
 from .constants import NUM_PART_CLASSES
 from .errors import CheckpointError
+from .skeleton import NUM_BETAS
+from .skeleton import NUM_PREDICTED_JOINTS as NUM_JOINTS  # global orientation + 21 body joints
 
-NUM_JOINTS = 22  # predicted rotations: global orientation + 21 body joints
-NUM_BETAS = 11
 POSE_6D = 6
 HRNET_CHANNELS = (48, 96, 192, 384)
 UPSAMPLED_CHANNELS = sum(HRNET_CHANNELS)  # 720
