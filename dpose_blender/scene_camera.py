@@ -1,0 +1,188 @@
+"""The Blender camera that matches the network's pinhole camera, so rigs line up with footage.
+
+D-PoSE solves with an OpenCV pinhole camera: u = fx * X / Z + cx, v = fy * Y / Z + cy, focal
+length = image diagonal unless given, principal point = image centre. Blender describes the same
+camera with a lens in millimetres over a sensor: with the sensor fitted to the image's longer side
+(``sensor_fit`` HORIZONTAL for landscape, VERTICAL for portrait, both sensor sides equal)
+``lens_mm = focal_px * sensor_mm / max(w, h)``, the render resolution is the image size and a
+principal point off the centre becomes a lens shift in units of the longer side. The camera sits at
+the world origin with the rotation that ``coords.OPENCV_TO_BLENDER`` implies (90 degrees about X),
+so camera-frame bodies placed through ``coords`` project onto the same pixels.
+
+The maths lives in plain functions (``camera_intrinsics_to_blender``, ``focal_from_fov``) that the
+tests check without Blender objects; ``ensure_camera`` applies them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SENSOR_MM = 36.0  # any value works; 36 mm is Blender's default full-frame width
+
+
+@dataclass(frozen=True)
+class BlenderCameraSettings:
+    """Camera data + render settings reproducing an OpenCV pinhole camera."""
+
+    lens_mm: float
+    sensor_mm: float
+    sensor_fit: str  # 'HORIZONTAL' or 'VERTICAL'
+    shift_x: float
+    shift_y: float
+    resolution: tuple[int, int]  # (w, h) px
+
+
+def diagonal_focal_px(image_size: tuple[int, int]) -> float:
+    """The network's default focal length in pixels: the image diagonal."""
+    w, h = image_size
+    return float(math.hypot(w, h))
+
+
+def focal_from_fov(image_size: tuple[int, int], fov_deg: float) -> float:
+    """Focal length in px for a field of view measured across the image's longer side."""
+    if not 1.0 <= fov_deg <= 179.0:
+        raise ValueError(f"Field of view {fov_deg} degrees is outside 1-179 degrees.")
+    return 0.5 * max(image_size) / math.tan(math.radians(fov_deg) / 2.0)
+
+
+def camera_intrinsics_to_blender(
+    image_size: tuple[int, int],
+    focal_px: float | tuple[float, float] | np.ndarray,
+    principal_point: tuple[float, float] | np.ndarray | None = None,
+    sensor_mm: float = SENSOR_MM,
+) -> BlenderCameraSettings:
+    """OpenCV intrinsics (px) -> Blender lens, sensor fit, shift and render size.
+
+    The numbers come from ``coords.blender_camera_intrinsics`` (measured against the longer
+    side); here the fit is made explicit by aspect (HORIZONTAL for landscape, VERTICAL for
+    portrait, both sensor sides equal) so the camera does not change if Blender's AUTO rule
+    or the render percentage does. Square pixels: fx is used (the network uses fx = fy).
+    """
+    from ..dpose_core import coords
+
+    values = coords.blender_camera_intrinsics(focal_px, image_size, principal_point, sensor_mm)
+    w, h = values["resolution_x"], values["resolution_y"]
+    return BlenderCameraSettings(
+        lens_mm=values["lens_mm"],
+        sensor_mm=values["sensor_width_mm"],
+        sensor_fit="HORIZONTAL" if w >= h else "VERTICAL",
+        shift_x=values["shift_x"],
+        shift_y=values["shift_y"],
+        resolution=(w, h),
+    )
+
+
+def camera_rotation_matrix() -> np.ndarray:
+    """World-from-Blender-camera rotation (3x3): 90 degrees about X, from ``coords``."""
+    from ..dpose_core import coords
+
+    return coords.blender_camera_rotation()
+
+
+def apply_camera_settings(scene, camera_obj, settings: BlenderCameraSettings) -> None:
+    """Write intrinsics onto a camera object and the scene's render size (main thread only)."""
+    import mathutils
+
+    cam = camera_obj.data
+    cam.type = "PERSP"
+    cam.lens_unit = "MILLIMETERS"
+    cam.sensor_fit = settings.sensor_fit
+    cam.sensor_width = settings.sensor_mm
+    cam.sensor_height = settings.sensor_mm
+    cam.lens = settings.lens_mm
+    cam.shift_x = settings.shift_x
+    cam.shift_y = settings.shift_y
+    cam.clip_start = 0.01
+    cam.clip_end = 1000.0
+    render = scene.render
+    render.resolution_x, render.resolution_y = settings.resolution
+    render.resolution_percentage = 100
+    render.pixel_aspect_x = render.pixel_aspect_y = 1.0
+    rot = mathutils.Matrix(camera_rotation_matrix().tolist())
+    camera_obj.matrix_world = rot.to_4x4()
+
+
+def load_footage(path: str | Path, *, sequence_length: int = 0):
+    """Load an image / movie / numbered image sequence as a Blender image datablock.
+
+    sequence_length > 1 marks a still image as the first of a numbered sequence, so a camera
+    background or texture follows the frame.
+    """
+    import bpy
+
+    path = str(Path(path).resolve())
+    image = bpy.data.images.load(path, check_existing=True)
+    if Path(path).suffix.lower() in MOVIE_SUFFIXES:
+        image.source = "MOVIE"
+    elif sequence_length > 1:
+        image.source = "SEQUENCE"
+    return image
+
+
+MOVIE_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+
+
+def set_camera_background(camera_obj, image, *, frame_start: int = 1, frame_duration: int = 0,
+                          frame_offset: int = 0, alpha: float = 1.0) -> None:
+    """Show ``image`` behind the camera view (replaces earlier D-PoSE backgrounds)."""
+    cam = camera_obj.data
+    cam.show_background_images = True
+    for bg in list(cam.background_images):
+        cam.background_images.remove(bg)
+    bg = cam.background_images.new()
+    bg.source = "IMAGE"
+    bg.image = image
+    bg.alpha = alpha
+    bg.display_depth = "BACK"
+    bg.frame_method = "STRETCH"  # the camera frame has the footage's aspect already
+    if image.source in {"MOVIE", "SEQUENCE"}:
+        user = bg.image_user
+        user.frame_start = frame_start
+        user.frame_offset = frame_offset
+        user.frame_duration = max(1, frame_duration or image.frame_duration)
+        user.use_auto_refresh = True
+
+
+def ensure_camera(
+    scene,
+    *,
+    image_size: tuple[int, int],
+    focal_px: float | tuple[float, float] | np.ndarray,
+    principal_point: tuple[float, float] | np.ndarray | None = None,
+    name: str = "D-PoSE Camera",
+    camera_obj=None,
+    make_active: bool = True,
+):
+    """Create (or update ``camera_obj``) a camera matching the solve's intrinsics; returns it."""
+    import bpy
+
+    settings = camera_intrinsics_to_blender(image_size, focal_px, principal_point)
+    if camera_obj is None:
+        data = bpy.data.cameras.new(name)
+        camera_obj = bpy.data.objects.new(name, data)
+        scene.collection.objects.link(camera_obj)
+    apply_camera_settings(scene, camera_obj, settings)
+    if make_active:
+        scene.camera = camera_obj
+    return camera_obj
+
+
+def project_to_pixels(scene, camera_obj, points_world: np.ndarray) -> np.ndarray:
+    """(N,3) world points -> (N,2) OpenCV pixel coordinates through the Blender camera.
+
+    Uses bpy_extras.object_utils.world_to_camera_view (what Blender itself uses for the
+    camera view), so tests and tools check alignment with Blender's own projection.
+    """
+    import mathutils
+    from bpy_extras.object_utils import world_to_camera_view
+
+    w, h = scene.render.resolution_x, scene.render.resolution_y
+    out = np.empty((len(points_world), 2), dtype=np.float64)
+    for i, p in enumerate(np.asarray(points_world, dtype=np.float64)):
+        ndc = world_to_camera_view(scene, camera_obj, mathutils.Vector(p.tolist()))
+        out[i] = (ndc.x * w, (1.0 - ndc.y) * h)
+    return out
