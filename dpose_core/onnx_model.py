@@ -164,25 +164,49 @@ def _template_digest(template_path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(template_path).read_bytes()).hexdigest()
 
 
+def cached_runtime_model(
+    checkpoint_path: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    template_path: str | os.PathLike = TEMPLATE_PATH,
+) -> Path | None:
+    """The cached runtime model of this checkpoint if it exists and is current, else None."""
+    from .checkpoint import checkpoint_hash
+
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    final = cache_dir / checkpoint_hash(checkpoint_path)[:16]
+    stamp = final / _STAMP_FILE
+    if (
+        (final / MODEL_FILE).is_file()
+        and (final / WEIGHTS_FILE).is_file()
+        and stamp.is_file()
+        and stamp.read_text() == _template_digest(template_path)
+    ):
+        return final / MODEL_FILE
+    return None
+
+
 def build_runtime_model(
     checkpoint_path: str | os.PathLike,
     cache_dir: str | os.PathLike | None = None,
     template_path: str | os.PathLike = TEMPLATE_PATH,
+    arrays: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Checkpoint -> cached `<cache>/<hash[:16]>/model.onnx` (+ weights.bin); reused when current.
 
-    The cache entry is rebuilt when the template it was made from has changed.
+    The cache entry is rebuilt when the template it was made from has changed. `arrays`, when
+    the caller already has them, must be `load_checkpoint_arrays(checkpoint_path)`.
     """
     from .checkpoint import checkpoint_hash, load_checkpoint_arrays
 
+    cached = cached_runtime_model(checkpoint_path, cache_dir, template_path)
+    if cached is not None:
+        return cached
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = cache_dir / checkpoint_hash(checkpoint_path)[:16]
     digest = _template_digest(template_path)
-    stamp = final / _STAMP_FILE
-    if (final / MODEL_FILE).is_file() and stamp.is_file() and stamp.read_text() == digest:
-        return final / MODEL_FILE
     cache_dir.mkdir(parents=True, exist_ok=True)
-    arrays = load_checkpoint_arrays(checkpoint_path)
+    if arrays is None:
+        arrays = load_checkpoint_arrays(checkpoint_path)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".build-"))
     try:
         write_runtime_model(arrays, tmp, template_path)
