@@ -227,3 +227,21 @@ def test_body_output_uses_transl(body_model_npz):
     assert out.vertices is None
     arrays = motion_to_arrays(m)
     assert arrays["poses"].shape == (3, 165) and arrays["dpose_focal_px"].shape == (3, 2)
+
+
+def test_from_estimate_reads_the_estimate_fields():
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(6)
+    est = SimpleNamespace(
+        rotmats=axis_angle_to_matrix(rng.normal(0, 0.4, (3, 22, 3))).astype(np.float32),
+        cam_t=rng.normal(0, 1, (3, 3)), betas=rng.normal(0, 1, (3, 11)),
+        focal_px=np.full((3, 2), 800.0), principal_point=np.tile([320.0, 180.0], (3, 1)),
+        image_size=np.tile([640.0, 360.0], (3, 1)),
+    )
+    m = Motion.from_estimate(est, fps=30, frame_indices=[4, 5, 7])
+    np.testing.assert_allclose(m.rotmats[:, :22], est.rotmats, atol=1e-7)
+    np.testing.assert_array_equal(m.transl, est.cam_t)
+    np.testing.assert_array_equal(m.image_size, [640, 360])
+    np.testing.assert_array_equal(m.frame_indices, [4, 5, 7])
+    np.testing.assert_array_equal(m.focal_px, est.focal_px)
