@@ -211,7 +211,9 @@ def _rebuild_parameter(data: Any, *_: Any) -> Any:
 
 def _rebuild_from_type(func: Any, new_type: Any, args: Any, state: Any = None) -> Any:
     if func not in (_GLOBALS[("torch._utils", "_rebuild_tensor_v2")],
-                    _GLOBALS[("torch._utils", "_rebuild_parameter")]):  # fmt: skip
+                    _GLOBALS[("torch._utils", "_rebuild_parameter")]) or new_type not in (
+        _GLOBALS[("torch", "Tensor")], _GLOBALS[("torch.nn.parameter", "Parameter")]
+    ):  # fmt: skip
         raise UnsafePickleError("refused torch._tensor._rebuild_from_type_v2 with an unknown"
                                 " builder; the file was refused and nothing in it was run")
     return func(*args)
@@ -313,6 +315,8 @@ def _build_allow_list() -> dict[tuple[str, str], Any]:
     safe("torch._utils", "_rebuild_parameter", _rebuild_parameter)
     safe("torch._utils", "_rebuild_parameter_with_state", _rebuild_parameter)
     safe("torch._tensor", "_rebuild_from_type_v2", _rebuild_from_type)
+    table[("torch", "Tensor")] = _recorded_class("torch.Tensor")
+    table[("torch.nn.parameter", "Parameter")] = _recorded_class("torch.nn.parameter.Parameter")
     safe("torch", "device", _torch_device)
     safe("torch", "Size", lambda dims=(): tuple(int(d) for d in dims))
     for name, np_dtype in TORCH_STORAGE_DTYPES.items():
