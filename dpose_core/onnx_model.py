@@ -150,14 +150,18 @@ def write_runtime_model(
     arrays: Mapping[str, np.ndarray],
     out_dir: str | os.PathLike,
     template_path: str | os.PathLike = TEMPLATE_PATH,
+    model_name: str = MODEL_FILE,
 ) -> Path:
-    """Write `model.onnx` (template copy) + `weights.bin` into `out_dir`; return the model path."""
+    """Write `model_name` (template copy) + `weights.bin` into `out_dir`; return the model path.
+
+    The graph refers to its weights as `weights.bin` in its own folder: keep them together.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     template = Path(template_path).read_bytes()
     write_weights(arrays, out_dir / WEIGHTS_FILE, template_layout(template_path))
-    (out_dir / MODEL_FILE).write_bytes(template)
-    return out_dir / MODEL_FILE
+    (out_dir / model_name).write_bytes(template)
+    return out_dir / model_name
 
 
 def _template_digest(template_path: str | os.PathLike) -> str:

@@ -1,0 +1,346 @@
+"""`dpose` command line: info, convert, estimate, doctor.
+
+Errors raised on purpose (`dpose_core.errors`) print one line and exit with status 2; a
+traceback means a bug. Heavy imports (onnxruntime, torch, cv2) happen inside the commands so
+`dpose --help` and `dpose doctor` work on a half-installed system.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DPoseError
+
+EXIT_OK, EXIT_PROBLEM, EXIT_ERROR = 0, 1, 2
+
+
+# ---------------------------------------------------------------------------- info / convert
+def cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoint import checkpoint_info, format_info
+
+    info = checkpoint_info(args.checkpoint)
+    print(format_info(info))
+    return EXIT_OK if info.valid else EXIT_PROBLEM
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint_arrays, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    out = Path(args.output)
+    if out.suffix.lower() != ".onnx":
+        out = out / "model.onnx"
+    arrays = load_checkpoint_arrays(ckpt)
+    if args.self_contained:
+        try:
+            from .onnx_export import export_onnx
+        except ImportError as exc:
+            raise DPoseError(
+                f"--self-contained exports through PyTorch, which is not usable here ({exc}); "
+                "drop the flag to convert without torch."
+            ) from exc
+        export_onnx(arrays, out)
+        print(f"wrote {out} (self-contained, weights embedded)")
+        return EXIT_OK
+    from .onnx_model import WEIGHTS_FILE, write_runtime_model
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    weights = out.parent / WEIGHTS_FILE
+    model = write_runtime_model(arrays, out.parent, model_name=out.name)
+    print(f"wrote {model} (graph) and {weights} (weights; keep them in the same folder)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- estimate
+def _is_sequence_input(path: Path) -> bool:
+    from .frames import VIDEO_EXTENSIONS
+
+    return path.is_dir() or path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _parse_bbox(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected x0,y0,x1,y1 in pixels, got {text!r}")
+    return values
+
+
+def _find_boxes(estimator, image: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+    """--bbox boxes, else the person finder when available, else the whole image."""
+    if args.bbox:
+        return np.asarray(args.bbox, dtype=np.float64)
+    try:
+        from . import localise
+    except ImportError:
+        localise = None
+    finder = getattr(localise, "find_people", None)
+    if finder is not None:
+        boxes = np.asarray(finder(estimator, image), dtype=np.float64).reshape(-1, 4)
+        if len(boxes):
+            return boxes[:, :4]
+    h, w = image.shape[:2]
+    return np.array([[0.0, 0.0, float(w), float(h)]])
+
+
+def _json_ready(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    inputs = [Path(p) for p in args.inputs]
+    if any(_is_sequence_input(p) for p in inputs):
+        try:
+            from . import sequence
+        except ImportError as exc:
+            raise DPoseError(
+                "Video and folder inputs need dpose_core.sequence, which is not installed."
+            ) from exc
+        return int(sequence.run_cli(args) or 0)
+    if args.output is not None and Path(args.output).suffix.lower() not in (".json", ".npz"):
+        raise DPoseError(f"Output must end in .json or .npz, got {args.output}.")
+    from .estimator import Estimator
+    from .frames import read_image
+
+    estimator = Estimator(
+        args.checkpoint, backend=args.backend, device=args.device, max_batch=args.batch
+    )
+    for note in estimator.notes:
+        print(f"dpose: note: {note}", file=sys.stderr)
+    results = []
+    progress = _progress(len(inputs), "estimate")
+    group_images, group_boxes = [], []
+    group_first = 0  # input index of the group's first image
+
+    def flush() -> None:
+        if group_images:
+            focal = None if args.focal is None else [args.focal] * len(group_images)
+            est = estimator.estimate_batch(group_images, group_boxes, focal)
+            est.image_index = est.image_index + group_first
+            results.append(est)
+            progress.update(len(group_images))
+            group_images.clear()
+            group_boxes.clear()
+
+    for i, path in enumerate(inputs):
+        image = read_image(path)
+        boxes = _find_boxes(estimator, image, args)
+        if group_images and sum(len(b) for b in group_boxes) + len(boxes) > args.batch:
+            flush()
+        if not group_images:
+            group_first = i
+        group_images.append(image)
+        group_boxes.append(boxes)
+    flush()
+    progress.close()
+    merged = _merge(results)
+    payload = merged.to_dict(dense=args.output is not None and args.output.endswith(".npz"))
+    meta = {
+        "image_paths": np.array([str(p) for p in inputs]),
+        "backend": np.array(estimator.backend),
+        "device": np.array(estimator.device),
+        "checkpoint": np.array(str(estimator.checkpoint_path)),
+    }
+    if args.output is None or args.output.endswith(".json"):
+        doc = {k: _json_ready(v) for k, v in {**meta, **payload}.items()}
+        text = json.dumps(doc)
+        if args.output is None:
+            print(text)
+        else:
+            Path(args.output).write_text(text)
+    else:
+        np.savez_compressed(args.output, **meta, **payload)
+    if args.output is not None:
+        print(f"wrote {args.output}: {len(merged)} people in {len(inputs)} image(s) "
+              f"[{estimator.backend} on {estimator.device}]", file=sys.stderr)  # fmt: skip
+    return EXIT_OK
+
+
+def _merge(results):
+    """Concatenate per-group Estimates (image_index already global)."""
+    from dataclasses import fields
+
+    from .estimator import Estimate
+
+    return Estimate(
+        **{f.name: np.concatenate([getattr(r, f.name) for r in results]) for f in fields(Estimate)}
+    )
+
+
+def _progress(total: int, desc: str):
+    """tqdm bar on stderr for many inputs; a silent stand-in otherwise."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is None or total < 2:
+
+        class _Silent:
+            def update(self, n: int) -> None:
+                pass
+
+            def close(self) -> None:
+                pass
+
+        return _Silent()
+    return tqdm(total=total, desc=desc, unit="image", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- doctor
+def cmd_doctor(args: argparse.Namespace) -> int:
+    problems = 0
+
+    def line(status: str, what: str, detail: str = "") -> None:
+        print(f"[{status:>7}] {what}" + (f": {detail}" if detail else ""))
+
+    line("ok", "python", f"{platform.python_version()} ({sys.executable})")
+    line("ok", "numpy", np.__version__)
+    try:
+        import onnxruntime as ort
+
+        line("ok", "onnxruntime", f"{ort.__version__}; providers: "
+             + ", ".join(ort.get_available_providers()))  # fmt: skip
+    except ImportError as exc:
+        problems += 1
+        line("MISSING", "onnxruntime", f"{exc}; pip install onnxruntime")
+    try:
+        import cv2
+
+        line("ok", "opencv", cv2.__version__)
+    except ImportError as exc:
+        problems += 1
+        line("MISSING", "opencv", f"{exc}; pip install opencv-python-headless")
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        line("ok", "torch (optional)", f"{torch.__version__}; CUDA "
+             + (f"available ({gpu})" if gpu else "not available"))  # fmt: skip
+    except ImportError:
+        line("-", "torch (optional)", "not installed; the ONNX Runtime backend needs no torch")
+    from .onnx_model import TEMPLATE_PATH, template_layout
+
+    try:
+        layout = template_layout(TEMPLATE_PATH)
+        line("ok", "ONNX graph template", f"{TEMPLATE_PATH.name}, {len(layout)} weights")
+    except (OSError, DPoseError) as exc:
+        problems += 1
+        line("FAIL", "ONNX graph template", str(exc))
+
+    from .checkpoint import CHECKPOINT_ENV, checkpoint_info, default_checkpoint_path
+
+    ckpt_ok = False
+    try:
+        info = checkpoint_info(args.checkpoint)
+        if info.valid:
+            ckpt_ok = True
+            line("ok", "checkpoint", f"{info.path} ({info.size_bytes / 1e6:.0f} MB, "
+                 f"{info.network_tensors} network tensors)")  # fmt: skip
+        else:
+            problems += 1
+            line("FAIL", "checkpoint", f"{info.path}: {info.problem}")
+    except DPoseError as exc:
+        problems += 1
+        where = args.checkpoint or default_checkpoint_path()
+        line("MISSING", "checkpoint", f"{where}: {exc}")
+        print(f"          Pass --checkpoint PATH, set {CHECKPOINT_ENV}=PATH, or put the file at "
+              "~/.local/share/dpose/paper_arxiv.ckpt.")  # fmt: skip
+
+    if args.body_model:
+        from .body_model import BodyModel
+
+        try:
+            model = BodyModel.load(args.body_model)
+            line("ok", "body model", f"{args.body_model} ({model.num_vertices} vertices)")
+        except DPoseError as exc:
+            problems += 1
+            line("FAIL", "body model", str(exc))
+    elif ckpt_ok:
+        line("ok", "body model", "SMPL-X buffers shipped in the checkpoint")
+    else:
+        line("-", "body model", "comes from the checkpoint (not found above) or --body-model")
+    print("all required parts found" if problems == 0 else f"{problems} problem(s) found")
+    return EXIT_OK if problems == 0 else EXIT_PROBLEM
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dpose", description="D-PoSE: SMPL-X pose and shape from images (ONNX Runtime)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="describe a checkpoint and check it loads strictly")
+    p.add_argument("checkpoint", nargs="?", help="paper_arxiv.ckpt (default: $DPOSE_CHECKPOINT)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "convert",
+        help="checkpoint -> ONNX model without torch (writes model.onnx + weights.bin beside it)",
+    )
+    p.add_argument("checkpoint", nargs="?", help="paper_arxiv.ckpt (default: $DPOSE_CHECKPOINT)")
+    p.add_argument("-o", "--output", required=True,
+                   help="model .onnx path (its weights.bin is written in the same folder) "
+                   "or a folder")  # fmt: skip
+    p.add_argument("--self-contained", action="store_true",
+                   help="one .onnx file with embedded weights (needs torch)")  # fmt: skip
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("estimate", help="estimate SMPL-X from images, a video or a folder")
+    p.add_argument("inputs", nargs="+", help="image files, or a video file / image folder")
+    p.add_argument("--checkpoint", help="paper_arxiv.ckpt (default: $DPOSE_CHECKPOINT)")
+    p.add_argument("--bbox", type=_parse_bbox, action="append",
+                   help="person box x0,y0,x1,y1 in pixels (repeatable); default: find people "
+                   "or use the whole image")  # fmt: skip
+    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch", type=int, default=8, help="crops per network batch (default 8)")
+    p.add_argument("--focal", type=float, help="focal length in pixels (default: diagonal)")
+    p.add_argument("-o", "--output", help="out.json (no per-pixel maps) or out.npz (everything)")
+    p.add_argument("--person", default="all", help="video/folder: 'all' or a track number")
+    p.add_argument("--smooth", type=float, default=1.0, help="video/folder: smoothing strength")
+    p.add_argument("--fps", type=float, help="video/folder: frame rate override")
+    p.add_argument("--start", type=int, default=0, help="video/folder: first frame")
+    p.add_argument("--end", type=int, help="video/folder: stop before this frame")
+    p.add_argument("--stride", type=int, default=1, help="video/folder: use every Nth frame")
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("doctor", help="check the installation, checkpoint and body model")
+    p.add_argument("--checkpoint", help="paper_arxiv.ckpt (default: $DPOSE_CHECKPOINT)")
+    p.add_argument("--body-model", help="SMPL-X model file (default: the checkpoint's own)")
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (`dpose`); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "batch", 1) < 1:
+        print("dpose: error: --batch must be at least 1", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except DPoseError as exc:
+        print(f"dpose: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("dpose: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
