@@ -1,0 +1,110 @@
+"""The 3D Viewport sidebar tab "D-PoSE": image, sequence, progress and status."""
+
+from __future__ import annotations
+
+import bpy
+
+from . import jobs
+
+
+def _draw_status(layout, context) -> None:
+    from .preferences import get_preferences
+
+    prefs = get_preferences(context)
+    if prefs is None:
+        return
+    if not prefs.checkpoint_ok:
+        row = layout.row()
+        row.alert = True
+        row.label(text=prefs.status_checkpoint, icon="ERROR")
+        layout.operator("preferences.addon_show", text="Open Preferences",
+                        icon="PREFERENCES").module = prefs.bl_idname
+
+
+def draw_progress(layout, context) -> bool:
+    """Progress bar (frames done, frames/s, ETA) and Cancel; True while a job runs."""
+    job = jobs.active_job()
+    if job is None or job.finished:
+        return False
+    s = context.scene.dpose
+    box = layout.box()
+    box.label(text=f"D-PoSE {s.job_label or job.label} running (Esc to cancel)", icon="TIME")
+    if hasattr(box, "progress"):  # UILayout.progress: Blender 4.0+
+        box.progress(factor=s.job_fraction, type="BAR", text=s.job_text or "starting")
+    else:
+        box.label(text=s.job_text)
+    box.operator("dpose.cancel_job", icon="CANCEL")
+    return True
+
+
+class DPOSE_PT_main(bpy.types.Panel):
+    bl_label = "D-PoSE"
+    bl_idname = "DPOSE_PT_main"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "D-PoSE"
+
+    def draw(self, context):
+        layout = self.layout
+        _draw_status(layout, context)
+        running = draw_progress(layout, context)
+        s = context.scene.dpose
+        if s.last_report and not running:
+            layout.label(text=s.last_report, icon="INFO")
+
+        col = layout.column(align=True)
+        col.prop(s, "people")
+        if s.people == "INDEX":
+            col.prop(s, "person_index")
+        col.prop(s, "focal_mode", text="")
+        if s.focal_mode == "FOV":
+            col.prop(s, "fov_deg")
+        row = layout.row(align=True)
+        row.prop(s, "add_mesh", toggle=True)
+        row.prop(s, "add_depth_plane", toggle=True)
+        if s.add_depth_plane:
+            layout.prop(s, "depth_scale")
+
+
+class DPOSE_PT_image(bpy.types.Panel):
+    bl_label = "Estimate Pose from Image"
+    bl_parent_id = "DPOSE_PT_main"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "D-PoSE"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.dpose
+        layout.prop(s, "image_path", text="")
+        if not s.image_path:
+            layout.label(text="Empty: the active camera's background", icon="CAMERA_DATA")
+        layout.prop(s, "key_selected")
+        col = layout.column()
+        col.enabled = jobs.active_job() is None or jobs.active_job().finished
+        col.operator("dpose.estimate_image", icon="ARMATURE_DATA")
+
+
+class DPOSE_PT_sequence(bpy.types.Panel):
+    bl_label = "Video / Sequence to Keyframes"
+    bl_parent_id = "DPOSE_PT_main"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "D-PoSE"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.dpose
+        layout.prop(s, "sequence_path", text="")
+        row = layout.row(align=True)
+        row.prop(s, "frame_first")
+        row.prop(s, "frame_last")
+        layout.prop(s, "stride")
+        layout.prop(s, "smooth", slider=True)
+        col = layout.column()
+        col.enabled = jobs.active_job() is None or jobs.active_job().finished
+        col.operator("dpose.estimate_sequence", icon="RENDER_ANIMATION")
+        layout.operator("dpose.import_motion", icon="IMPORT")
+
+
+classes = (DPOSE_PT_main, DPOSE_PT_image, DPOSE_PT_sequence)

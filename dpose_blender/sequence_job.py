@@ -1,0 +1,320 @@
+"""Video / image folder -> keyed SMPL-X rigs: the plain functions behind the sequence operator.
+
+``run_sequence`` is worker-safe (no Blender data): it calls the core's
+``sequence.estimate_sequence`` with a cancel event and callbacks, keeps the per-frame depth
+relief of each track for the depth plane, and reports frames that failed to decode (they are
+skipped, not fatal). Cancelling returns what was finished. ``apply_sequence_result`` (main
+thread) builds one rig per track, keys it in bulk, sets up the camera with the footage behind
+it and the depth relief that follows the current frame, and stamps provenance.
+``save_outputs`` writes the .blend and the requested exports (headless farm runs).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import jobs
+
+
+@dataclass
+class SequenceSettings:
+    source: str
+    start: int = 0
+    end: int | None = None  # exclusive source frame
+    stride: int = 1
+    person: str | int = "all"
+    smooth: float = 0.5  # 0 = off, 1 = strongest
+    fov_deg: float | None = None
+    add_mesh: bool = False
+    add_camera: bool = True
+    add_depth_plane: bool = False
+    depth_scale: float = 0.5
+    frame_start: int = 1  # Blender frame of source frame 0
+    checkpoint: str | None = None
+    device: str = "auto"
+    body_model: str | None = None
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_namespace(cls, args) -> SequenceSettings:
+        """From headless.py's parsed arguments."""
+        person = args.person if args.person in ("all", "largest") else int(args.person)
+        return cls(
+            source=args.input, start=args.start, end=args.end, stride=args.stride,
+            person=person, smooth=args.smooth, fov_deg=args.fov, add_mesh=args.mesh,
+            add_depth_plane=args.depth_plane, frame_start=args.frame_start,
+            checkpoint=args.checkpoint, device=args.device, body_model=args.body_model,
+            cache_dir=args.cache_dir,
+        )
+
+    def provenance_settings(self) -> dict:
+        skip = {"checkpoint", "cache_dir", "source"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+@dataclass
+class SequenceResult:
+    motions: dict  # track id -> Motion (processed frames only)
+    reliefs: dict = field(default_factory=dict)  # track id -> list[(frame index, relief)]
+    failures: list = field(default_factory=list)  # one line per skipped frame
+    cancelled: bool = False
+    frames_done: int = 0
+    frames_total: int = 0
+    seconds: float = 0.0
+    source: str = ""
+    source_kind: str = ""
+    fps: float = 30.0
+    checkpoint_sha256: str = ""
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames_done / self.seconds if self.seconds > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------ estimator
+_ESTIMATORS: dict = {}
+_ESTIMATOR_LOCK = threading.Lock()
+
+
+def load_estimator(checkpoint, *, device: str = "auto", body_model=None, cache_dir=None):
+    """A cached ``Estimator`` per (checkpoint file state, device, body model, cache folder).
+
+    Building one converts the checkpoint to an ONNX Runtime model (cached on disk) and loads it;
+    keeping it between jobs makes the second job start at once.
+    """
+    from ..dpose_core.checkpoint import resolve_checkpoint
+    from ..dpose_core.estimator import Estimator
+
+    path = resolve_checkpoint(checkpoint)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, device, str(body_model or ""),
+           str(cache_dir or ""))
+    with _ESTIMATOR_LOCK:
+        if key not in _ESTIMATORS:
+            _ESTIMATORS.clear()  # one network in memory at a time
+            _ESTIMATORS[key] = Estimator(path, device=device, cache_dir=cache_dir,
+                                         body_model=body_model or None)
+        return _ESTIMATORS[key]
+
+
+# ------------------------------------------------------------------------------ worker side
+def run_sequence(estimator, settings: SequenceSettings, *, progress=None, cancel=None,
+                 warn=None, keep_relief: bool | None = None) -> SequenceResult:
+    """Worker-safe: estimate every frame; returns processed frames even when cancelled.
+
+    progress(jobs.Progress) is called after every batch; warn(text) once per skipped frame.
+    """
+    from ..dpose_core import frames, sequence
+    from ..dpose_core.checkpoint import checkpoint_hash
+    from ..dpose_core.errors import CancelledError
+    from . import depth_plane
+
+    keep_relief = settings.add_depth_plane if keep_relief is None else keep_relief
+    cancel = cancel or threading.Event()
+    source = frames.open_frames(settings.source, start=settings.start, end=settings.end,
+                                stride=settings.stride)
+    state = jobs.Progress(total=len(source))
+    result = SequenceResult(motions={}, source=str(Path(settings.source).resolve()),
+                            source_kind=source.kind, fps=source.fps,
+                            frames_total=len(source),
+                            checkpoint_sha256=checkpoint_hash(estimator.checkpoint_path))
+
+    def on_progress(done, total=None, *_):
+        state.done = int(done)
+        if total:
+            state.total = int(total)
+        if progress is not None:
+            progress(state)
+
+    def on_frame(frame_result) -> None:
+        error = getattr(frame_result, "error", None)
+        if error:
+            text = f"frame {frame_result.index}: {error}"
+            result.failures.append(text)
+            if warn is not None:
+                warn(text)
+            return
+        if keep_relief:
+            est = frame_result.estimate
+            for k, track in enumerate(frame_result.track_ids):
+                relief = depth_plane.relief_frame_from_estimate(est, k)
+                result.reliefs.setdefault(int(track), []).append((frame_result.index, relief))
+
+    started = time.perf_counter()
+    try:
+        motions = sequence.estimate_sequence(
+            source, estimator, person=settings.person, smooth=settings.smooth,
+            focal_fov_deg=settings.fov_deg, progress=on_progress, cancel=cancel,
+            on_frame=on_frame,
+        )
+    except CancelledError as exc:
+        motions = getattr(exc, "partial", None) or {}
+        result.cancelled = True
+    result.seconds = time.perf_counter() - started
+    result.cancelled = result.cancelled or cancel.is_set()
+    result.motions = {int(k): m for k, m in motions.items() if len(m)}
+    result.frames_done = max((len(m) for m in result.motions.values()), default=0)
+    result.frames_done = max(result.frames_done, state.done)
+    return result
+
+
+# ------------------------------------------------------------------------------ main thread
+def apply_sequence_result(scene, result: SequenceResult, settings: SequenceSettings, *,
+                          estimator) -> list:
+    """Rigs keyed with the processed frames, the camera and footage, the relief; returns them."""
+    import bpy
+
+    from . import keyframes, provenance, rig, scene_camera
+
+    record = provenance.build_record(
+        checkpoint_path=estimator.checkpoint_path,
+        checkpoint_sha256=result.checkpoint_sha256,
+        settings={**settings.provenance_settings(), "cancelled": result.cancelled,
+                  "frames_done": result.frames_done, "skipped": len(result.failures)},
+        inputs=[result.source],
+        backend=estimator.backend,
+        device=estimator.device,
+        kind="sequence",
+    )
+    created = []
+    if not result.motions:
+        return created
+    collection = bpy.data.collections.new(f"D-PoSE {Path(result.source).stem}")
+    scene.collection.children.link(collection)
+    first_motion = None
+    for track, motion in sorted(result.motions.items()):
+        armature = rig.build_armature(estimator.body_model, motion.betas,
+                                      name=f"D-PoSE Track {track}", collection=collection)
+        keyframes.write_motion_keys(armature, motion, frame_offset=settings.frame_start,
+                                    scene=scene, set_scene_timing=first_motion is None)
+        if settings.add_mesh:
+            from . import skinned_mesh
+
+            skinned_mesh.add_skinned_mesh(armature, estimator.body_model, motion.betas,
+                                          collection=collection)
+        provenance.stamp(armature, record)
+        created.append(armature)
+        first_motion = first_motion or motion
+    if settings.add_camera and first_motion.image_size is not None:
+        cam = scene_camera.ensure_camera(
+            scene, image_size=tuple(int(v) for v in first_motion.image_size),
+            focal_px=first_motion.focal_px[0], principal_point=first_motion.principal_point[0],
+            name="D-PoSE Camera",
+        )
+        for coll in list(cam.users_collection):
+            coll.objects.unlink(cam)
+        collection.objects.link(cam)
+        footage = _footage(result, settings)
+        if footage is not None:
+            scene_camera.set_camera_background(
+                cam, footage, frame_start=settings.frame_start + _first_index(result),
+                frame_duration=result.frames_total * settings.stride,
+            )
+        provenance.stamp(cam, record)
+        created.append(cam)
+    if settings.add_depth_plane:
+        created += _depth_planes(scene, collection, result, settings, record)
+    return created
+
+
+def _first_index(result: SequenceResult) -> int:
+    firsts = [int(m.frame_indices[0]) for m in result.motions.values() if len(m)]
+    return min(firsts) if firsts else 0
+
+
+def _footage(result: SequenceResult, settings: SequenceSettings):
+    """The footage as a Blender image: the movie, or the folder's first image as a sequence."""
+    from ..dpose_core import frames
+    from . import scene_camera
+
+    try:
+        if result.source_kind == "video":
+            return scene_camera.load_footage(result.source)
+        if result.source_kind == "folder":
+            files = frames.list_images(result.source)
+            return scene_camera.load_footage(files[0], sequence_length=len(files))
+        return scene_camera.load_footage(result.source)
+    except RuntimeError:  # a format Blender cannot show; the rigs are still fine
+        return None
+
+
+def _depth_planes(scene, collection, result, settings, record) -> list:
+    from . import depth_plane, provenance
+    from .preferences import default_cache_dir
+
+    created = []
+    footage = _footage(result, settings)
+    cache_root = Path(settings.cache_dir or default_cache_dir()) / "relief"
+    for track, entries in sorted(result.reliefs.items()):
+        if not entries:
+            continue
+        indices = [i for i, _ in entries]
+        reliefs = [r for _, r in entries]
+        stamp = f"{Path(result.source).stem}-{result.checkpoint_sha256[:8]}-{int(time.time())}"
+        cache = depth_plane.save_relief_cache(
+            cache_root / f"{stamp}-track{track}.npz", reliefs,
+            scene_frames=[settings.frame_start + i for i in indices],
+        )
+        plane = depth_plane.create_depth_plane(
+            collection, reliefs[0], image=footage, depth_scale=settings.depth_scale,
+            name=f"D-PoSE Depth {track}",
+        )
+        plane[depth_plane.CACHE_PROP] = str(cache)
+        provenance.stamp(plane, record)
+        created.append(plane)
+    depth_plane.update_relief_objects(scene)
+    return created
+
+
+def save_outputs(created: list, result: SequenceResult, *, blend: str, npz: str | None = None,
+                 fbx: str | None = None, bvh: str | None = None) -> None:
+    """Write the requested files (main thread; used by headless runs)."""
+    import bpy
+
+    from ..dpose_core import motion_io
+
+    armatures = [o for o in created if o.type == "ARMATURE"]
+    if npz and result.motions:
+        track, motion = sorted(result.motions.items())[0]
+        motion_io.save_motion_npz(npz, motion)
+    if fbx:
+        _enable_addon("io_scene_fbx")
+        _select_only(armatures + [o for o in created if o.type == "MESH"])
+        bpy.ops.export_scene.fbx(filepath=fbx, use_selection=True, bake_anim=True,
+                                 add_leaf_bones=False)
+    if bvh and armatures:
+        _enable_addon("io_anim_bvh")
+        _select_only(armatures[:1])
+        bpy.context.view_layer.objects.active = armatures[0]
+        scene = bpy.context.scene
+        bpy.ops.export_anim.bvh(filepath=bvh, frame_start=scene.frame_start,
+                                frame_end=scene.frame_end, root_transform_only=False)
+    bpy.ops.wm.save_as_mainfile(filepath=blend)
+
+
+def _enable_addon(module: str) -> None:
+    import addon_utils
+
+    addon_utils.enable(module, default_set=False)
+
+
+def _select_only(objects: list) -> None:
+    import bpy
+
+    for obj in bpy.context.view_layer.objects:
+        obj.select_set(False)
+    for obj in objects:
+        obj.select_set(True)
+    if objects:
+        bpy.context.view_layer.objects.active = objects[0]
+
+
+def result_summary(result: SequenceResult) -> str:
+    keys = sum(len(m) for m in result.motions.values())
+    return (f"{len(result.motions)} track(s), {keys} posed frames, "
+            f"{len(result.failures)} skipped, {result.frames_per_second:.2f} frames/s"
+            + (" (cancelled)" if result.cancelled else ""))
+
