@@ -277,8 +277,10 @@ def first_mismatch(network: dict[str, Any], prefix: str = NETWORK_PREFIX) -> str
             return (f"the network tensor {prefix}{name} ({wanted}) is missing; the file has "
                     f"{len(network)} network tensors, D-PoSE needs {len(expected)}")  # fmt: skip
         got = network[name]
-        if not isinstance(got, LazyTensor) or got.shape != want.shape or (
-            got.dtype.numpy_dtype != want.dtype
+        if (
+            not isinstance(got, LazyTensor)
+            or got.shape != want.shape
+            or (got.dtype.numpy_dtype != want.dtype)
         ):
             return f"{prefix}{name} is {_describe(got)} in the file, but D-PoSE expects {wanted}"
     for name, got in network.items():

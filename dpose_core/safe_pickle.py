@@ -214,8 +214,10 @@ def _rebuild_from_type(func: Any, new_type: Any, args: Any, state: Any = None) -
                     _GLOBALS[("torch._utils", "_rebuild_parameter")]) or new_type not in (
         _GLOBALS[("torch", "Tensor")], _GLOBALS[("torch.nn.parameter", "Parameter")]
     ):  # fmt: skip
-        raise UnsafePickleError("refused torch._tensor._rebuild_from_type_v2 with an unknown"
-                                " builder; the file was refused and nothing in it was run")
+        raise UnsafePickleError(
+            "refused torch._tensor._rebuild_from_type_v2 with an unknown"
+            " builder; the file was refused and nothing in it was run"
+        )
     return func(*args)
 
 
@@ -327,8 +329,12 @@ def _build_allow_list() -> dict[tuple[str, str], Any]:
 
     # Training objects: configs become dicts, everything else an inert record of its state.
     table[("yacs.config", "CfgNode")] = ConfigNode
-    for module in ("pytorch_lightning.utilities.parsing", "lightning.pytorch.utilities.parsing",
-                   "lightning_fabric.utilities.data", "lightning.fabric.utilities.data"):
+    for module in (
+        "pytorch_lightning.utilities.parsing",
+        "lightning.pytorch.utilities.parsing",
+        "lightning_fabric.utilities.data",
+        "lightning.fabric.utilities.data",
+    ):
         table[(module, "AttributeDict")] = ConfigNode
     table[("argparse", "Namespace")] = _recorded_class("argparse.Namespace")
 

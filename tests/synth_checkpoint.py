@@ -121,8 +121,9 @@ def smplx_buffers(body_npz: str | Path) -> dict[str, np.ndarray]:
         "lmk_faces_idx": np.asarray(data["lmk_faces_idx"]).astype(np.int64),
         "lmk_bary_coords": data["lmk_bary_coords"],
         "expr_dirs": shapedirs[:, :, 300:310],
-        "vertex_joint_selector.extra_joints_idxs": np.array([v for _, v in VERTEX_JOINTS],
-                                                            dtype=np.int64),  # fmt: skip
+        "vertex_joint_selector.extra_joints_idxs": np.array(
+            [v for _, v in VERTEX_JOINTS], dtype=np.int64
+        ),  # fmt: skip
     }
     return {k: np.ascontiguousarray(v, dtype=np.int64 if v.dtype.kind in "iu" else np.float32)
             for k, v in buffers.items()}  # fmt: skip
@@ -269,8 +270,10 @@ def _lightning_extras(state: OrderedDict, rng: np.random.Generator, include_opti
         "dirpath": "logs/dpose/checkpoints", "best_k_models": {best: torch.tensor(0.0731)},
         "kth_best_model_path": best, "kth_value": torch.tensor(0.0731), "last_model_path": "",
     }}  # fmt: skip
-    progress = {"total": {"ready": 29, "started": 29, "processed": 29, "completed": 28},
-                "current": {"ready": 29, "started": 29, "processed": 29, "completed": 28}}
+    progress = {
+        "total": {"ready": 29, "started": 29, "processed": 29, "completed": 28},
+        "current": {"ready": 29, "started": 29, "processed": 29, "completed": 28},
+    }
     loops = {"fit_loop": {"state_dict": {}, "epoch_progress": progress,
                           "epoch_loop.state_dict": {"_batches_that_stepped": 123456},
                           "epoch_loop.batch_progress": {**progress, "is_last_batch": False}},
