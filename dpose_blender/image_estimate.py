@@ -163,7 +163,7 @@ def apply_image_result(scene, result: ImageResult, settings: ImageSettings) -> l
             keyframes.write_motion_keys(armature, motion, frame_offset=scene.frame_current,
                                         scene=scene, set_scene_timing=False, mark_frames=False)
             if settings.add_mesh:
-                _add_mesh(armature, estimator.body_model, motion.betas, collection)
+                created.append(_add_mesh(armature, estimator.body_model, collection))
             provenance.stamp(armature, record)
             created.append(armature)
     if settings.add_camera:
@@ -189,10 +189,10 @@ def apply_image_result(scene, result: ImageResult, settings: ImageSettings) -> l
     return created
 
 
-def _add_mesh(armature, body_model, betas, collection):
+def _add_mesh(armature, body_model, collection):
     from . import skinned_mesh
 
-    return skinned_mesh.add_skinned_mesh(armature, body_model, betas, collection=collection)
+    return skinned_mesh.build_skinned_mesh(armature, body_model, collection=collection)
 
 
 def _collection(scene, name: str):

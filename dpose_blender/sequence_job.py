@@ -193,8 +193,8 @@ def apply_sequence_result(scene, result: SequenceResult, settings: SequenceSetti
         if settings.add_mesh:
             from . import skinned_mesh
 
-            skinned_mesh.add_skinned_mesh(armature, estimator.body_model, motion.betas,
-                                          collection=collection)
+            created.append(skinned_mesh.build_skinned_mesh(armature, estimator.body_model,
+                                                           collection=collection))
         provenance.stamp(armature, record)
         created.append(armature)
         first_motion = first_motion or motion

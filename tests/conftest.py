@@ -34,6 +34,12 @@ def checkpoint_path(tmp_path_factory, body_model_npz) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def onnx_cache_dir(tmp_path_factory) -> Path:
+    """One ONNX Runtime model cache per test session (in-process and subprocess runs share it)."""
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_blender(request):
     """Blender tests start from an empty factory scene."""

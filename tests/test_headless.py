@@ -1,0 +1,119 @@
+"""The farm entry: a folder of images -> .blend (+ npz/fbx/bvh) in a clean bpy subprocess,
+and one clear error line with a non-zero code for each bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.blender
+
+REPO = Path(__file__).resolve().parents[1]
+HEADLESS = REPO / "dpose_blender" / "headless.py"
+
+
+def _run(args, tmp_path, timeout=240):
+    env = dict(os.environ)
+    env.pop("DPOSE_CHECKPOINT", None)
+    env["BLENDER_USER_RESOURCES"] = str(tmp_path / "blender-user")
+    proc = subprocess.run(
+        [sys.executable, str(HEADLESS), "--", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Three small frames with a bright figure on a dark background."""
+    import cv2
+
+    folder = tmp_path_factory.mktemp("frames")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = (rng.uniform(0, 40, (120, 96, 3))).astype(np.uint8)
+        cv2.rectangle(img, (34 + i, 20), (62 + i, 100), (200, 180, 160), -1)
+        cv2.circle(img, (48 + i, 14), 8, (220, 200, 180), -1)
+        cv2.imwrite(str(folder / f"frame_{i:04d}.png"), img)
+    return folder
+
+
+def test_missing_checkpoint_fails_with_one_line(tmp_path, image_folder):
+    code, out = _run(["--input", image_folder, "--output", tmp_path / "o.blend",
+                      "--checkpoint", tmp_path / "nope.ckpt"], tmp_path)
+    assert code == 2
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "checkpoint" in errors[0].lower()
+    assert not (tmp_path / "o.blend").exists()
+
+
+def test_empty_input_fails(tmp_path, checkpoint_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out = _run(["--input", empty, "--output", tmp_path / "o.blend",
+                      "--checkpoint", checkpoint_path], tmp_path)
+    assert code == 2
+    assert "error:" in out and "No images" in out
+
+
+def test_unwritable_output_fails(tmp_path, checkpoint_path, image_folder):
+    code, out = _run(["--input", image_folder, "--output", tmp_path / "missing" / "o.blend",
+                      "--checkpoint", checkpoint_path], tmp_path)
+    assert code == 2
+    assert "error: cannot write the output .blend" in out
+
+
+def test_missing_input_and_bad_range_fail(tmp_path, checkpoint_path, image_folder):
+    code, out = _run(["--input", tmp_path / "none", "--output", tmp_path / "o.blend",
+                      "--checkpoint", checkpoint_path], tmp_path)
+    assert code == 2 and "does not exist" in out
+    code, out = _run(["--input", image_folder, "--output", tmp_path / "o.blend",
+                      "--checkpoint", checkpoint_path, "--stride", "0"], tmp_path)
+    assert code == 2 and "stride" in out
+
+
+def test_argument_handling_after_double_dash():
+    from tests.blender_support import import_blender_module
+
+    headless = import_blender_module("headless")
+    argv = ["blender", "-b", "scene.blend", "--python", "headless.py", "--", "--input", "x"]
+    assert headless.script_args(argv) == ["--input", "x"]
+    assert headless.script_args(["headless.py", "--input", "x"]) == ["--input", "x"]
+    assert headless.script_args(["/opt/blender/blender", "-b"]) == []
+
+
+def test_folder_to_blend_with_exports(tmp_path, checkpoint_path, image_folder, onnx_cache_dir):
+    out_blend = tmp_path / "out.blend"
+    code, out = _run(
+        ["--input", image_folder, "--output", out_blend, "--checkpoint", checkpoint_path,
+         "--device", "cpu", "--cache-dir", onnx_cache_dir, "--npz", tmp_path / "m.npz",
+         "--fbx", tmp_path / "m.fbx", "--bvh", tmp_path / "m.bvh", "--person", "largest"],
+        tmp_path,
+    )
+    assert code == 0, out
+    progress = [line for line in out.splitlines() if "frames" in line and "D-PoSE:" in line]
+    assert progress, out
+    for name in ("out.blend", "m.npz", "m.fbx", "m.bvh"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    # Open the .blend in a fresh process: one keyed rig with provenance.
+    script = (
+        "import bpy, json, sys\n"
+        f"bpy.ops.wm.open_mainfile(filepath={str(out_blend)!r})\n"
+        "rigs = [o for o in bpy.data.objects if o.type == 'ARMATURE']\n"
+        "rec = json.loads(rigs[0]['dpose_provenance'])\n"
+        "print('RESULT', json.dumps({'rigs': len(rigs), 'hash': rec['checkpoint_sha256'],"
+        " 'inputs': rec['inputs'], 'cam': bpy.context.scene.camera is not None}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+    info = json.loads(line[len("RESULT "):])
+    from dpose_core.checkpoint import checkpoint_hash
+
+    assert info["rigs"] == 1 and info["cam"]
+    assert info["hash"] == checkpoint_hash(checkpoint_path)
+    assert info["inputs"] == [str(image_folder.resolve())]
