@@ -69,3 +69,32 @@ def import_blender_module(name: str) -> types.ModuleType:
     """``import_blender_module("rig")`` -> the module ``dpose_ext.dpose_blender.rig``."""
     extension_package()
     return importlib.import_module(f"{PACKAGE}.dpose_blender.{name}")
+
+
+def smplx_reference(body_model_npz, rotmats, betas, transl, pose_correctives: bool = True):
+    """smplx's own SMPL-X (float64 SMPLXLayer) posed by rotation matrices: (vertices, joints55).
+
+    rotmats (N,55,3,3), betas (11,), transl (N,3); without pose_correctives the posedirs are
+    zeroed, which is what plain linear blend skinning in Blender computes.
+    """
+    import numpy as np
+    import smplx
+    import torch
+
+    layer = smplx.SMPLXLayer(str(body_model_npz), num_betas=11, dtype=torch.float64)
+    if not pose_correctives:
+        layer.posedirs.zero_()
+    n = rotmats.shape[0]
+
+    def t(x):
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+
+    with torch.no_grad():
+        out = layer(
+            betas=t(np.broadcast_to(betas, (n, 11))), global_orient=t(rotmats[:, 0:1]),
+            body_pose=t(rotmats[:, 1:22]), jaw_pose=t(rotmats[:, 22:23]),
+            leye_pose=t(rotmats[:, 23:24]), reye_pose=t(rotmats[:, 24:25]),
+            left_hand_pose=t(rotmats[:, 25:40]), right_hand_pose=t(rotmats[:, 40:55]),
+            expression=torch.zeros(n, 10, dtype=torch.float64), transl=t(transl),
+        )
+    return out.vertices.numpy(), out.joints.numpy()[:, :55]
