@@ -134,7 +134,7 @@ def apply_image_result(scene, result: ImageResult, settings: ImageSettings) -> l
     import bpy
 
     from ..dpose_core.motion import Motion
-    from . import depth_plane, keyframes, provenance, rig, scene_camera
+    from . import depth_plane, keyframes, motion_import, provenance, scene_camera
 
     est, estimator = result.estimate, result.estimator
     record = provenance.build_record(
@@ -158,14 +158,14 @@ def apply_image_result(scene, result: ImageResult, settings: ImageSettings) -> l
         for k in range(len(est)):
             motion = Motion.from_estimate(est.select(k), fps=keyframes.scene_fps(scene),
                                           frame_indices=np.array([0]))
-            armature = rig.build_armature(estimator.body_model, motion.betas,
-                                          name=f"D-PoSE Person {k}", collection=collection)
-            keyframes.write_motion_keys(armature, motion, frame_offset=scene.frame_current,
-                                        scene=scene, set_scene_timing=False, mark_frames=False)
-            if settings.add_mesh:
-                created.append(_add_mesh(armature, estimator.body_model, collection))
+            armature = motion_import.import_motion(
+                motion, estimator.body_model, name=f"D-PoSE Person {k}",
+                with_mesh=settings.add_mesh, frame_offset=scene.frame_current, scene=scene,
+                collection=collection, set_scene_timing=False,
+            )
             provenance.stamp(armature, record)
             created.append(armature)
+            created += [c for c in armature.children if c.type == "MESH"]
     if settings.add_camera:
         cam = scene_camera.ensure_camera(
             scene, image_size=result.image_size, focal_px=est.focal_px[0],
@@ -187,12 +187,6 @@ def apply_image_result(scene, result: ImageResult, settings: ImageSettings) -> l
             provenance.stamp(plane, record)
             created.append(plane)
     return created
-
-
-def _add_mesh(armature, body_model, collection):
-    from . import skinned_mesh
-
-    return skinned_mesh.build_skinned_mesh(armature, body_model, collection=collection)
 
 
 def _collection(scene, name: str):

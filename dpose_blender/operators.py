@@ -386,16 +386,28 @@ class DPOSE_OT_import_motion(bpy.types.Operator):
         from ..dpose_core.errors import DPoseError
         from . import motion_import
 
-        opts = estimator_options(context)
         try:
-            motion_import.import_motion_npz(
-                context, bpy.path.abspath(self.filepath), body_model=opts["body_model"],
-                checkpoint=opts["checkpoint"],
+            body_model = body_model_for(context)
+            motion_import.import_motion_file(
+                bpy.path.abspath(self.filepath), body_model, with_mesh=False,
+                scene=context.scene,
             )
         except DPoseError as exc:
-            self.report({"ERROR"}, str(exc))
+            self.report({"ERROR"}, str(exc).splitlines()[0])
             return {"CANCELLED"}
         return {"FINISHED"}
+
+
+def body_model_for(context):
+    """The SMPL-X model from the preferences' file, else the one inside the checkpoint."""
+    from ..dpose_core.body_model import BodyModel
+    from .sequence_job import load_estimator
+
+    opts = estimator_options(context)
+    if opts["body_model"]:
+        return BodyModel.load(opts["body_model"])
+    return load_estimator(opts["checkpoint"], device=opts["device"],
+                          cache_dir=opts["cache_dir"]).body_model
 
 
 classes = (

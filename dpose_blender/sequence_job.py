@@ -167,7 +167,7 @@ def apply_sequence_result(scene, result: SequenceResult, settings: SequenceSetti
     """Rigs keyed with the processed frames, the camera and footage, the relief; returns them."""
     import bpy
 
-    from . import keyframes, provenance, rig, scene_camera
+    from . import motion_import, provenance, scene_camera
 
     record = provenance.build_record(
         checkpoint_path=estimator.checkpoint_path,
@@ -186,15 +186,12 @@ def apply_sequence_result(scene, result: SequenceResult, settings: SequenceSetti
     scene.collection.children.link(collection)
     first_motion = None
     for track, motion in sorted(result.motions.items()):
-        armature = rig.build_armature(estimator.body_model, motion.betas,
-                                      name=f"D-PoSE Track {track}", collection=collection)
-        keyframes.write_motion_keys(armature, motion, frame_offset=settings.frame_start,
-                                    scene=scene, set_scene_timing=first_motion is None)
-        if settings.add_mesh:
-            from . import skinned_mesh
-
-            created.append(skinned_mesh.build_skinned_mesh(armature, estimator.body_model,
-                                                           collection=collection))
+        armature = motion_import.import_motion(
+            motion, estimator.body_model, name=f"D-PoSE Track {track}",
+            with_mesh=settings.add_mesh, frame_offset=settings.frame_start, scene=scene,
+            collection=collection, set_scene_timing=first_motion is None,
+        )
+        created += [c for c in armature.children if c.type == "MESH"]
         provenance.stamp(armature, record)
         created.append(armature)
         first_motion = first_motion or motion
