@@ -196,7 +196,9 @@ class CheckpointArchive:
         )
         return np.ascontiguousarray(view)
 
-    def _read_elements(self, storage: StorageRef, dtype: np.dtype, first: int, count: int):
+    def _read_elements(
+        self, storage: StorageRef, dtype: np.dtype, first: int, count: int
+    ) -> np.ndarray:
         member = f"{self._prefix}/data/{storage.key}"
         try:
             info = self._zip.getinfo(member)
@@ -223,8 +225,8 @@ class CheckpointArchive:
                 got = record.readinto(buffer)
         if got != n_bytes:
             raise CheckpointError(f"{self.path}: {member} ends early; the file is damaged.")
-        if out.dtype.byteorder not in ("=", "|") and not out.dtype.isnative:
-            out = out.byteswap().view(dtype.newbyteorder("="))
+        if not out.dtype.isnative:  # written on a big-endian machine (or read on one)
+            out = out.byteswap(inplace=True).view(out.dtype.newbyteorder("="))
         return out
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:

@@ -193,8 +193,14 @@ class _SafeCallable:
 def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *_: Any) -> LazyTensor:
     if not isinstance(storage, StorageRef):
         raise CheckpointError("a tensor in the file has no storage record; the file is damaged")
-    return LazyTensor(storage, int(offset), tuple(int(n) for n in size),
-                      tuple(int(s) for s in stride), storage.dtype)  # fmt: skip
+    shape, steps = tuple(int(n) for n in size), tuple(int(s) for s in stride)
+    # Reading uses as_strided, so a layout reaching outside its storage must never get there.
+    if len(shape) != len(steps) or min((int(offset), *shape, *steps)) < 0:
+        raise CheckpointError(
+            f"a tensor in the file has an invalid layout (offset {offset}, size {shape}, "
+            f"stride {steps}); the file is damaged"
+        )
+    return LazyTensor(storage, int(offset), shape, steps, storage.dtype)
 
 
 def _rebuild_tensor_v3(storage: Any, offset: int, size: Any, stride: Any, requires_grad: Any,

@@ -369,3 +369,73 @@ def test_checkpoint_hash_is_the_file_sha256_and_tracks_content(tmp_path):
     copy = tmp_path / "b.ckpt"
     shutil.copyfile(path, copy)
     assert ck.checkpoint_hash(copy) == ck.checkpoint_hash(path)
+
+
+# ----------------------------------------------------------------------------- raw archives
+
+
+class _Storage:
+    def __init__(self, key, numel):
+        self.key, self.numel = key, numel
+
+
+class _Tensor:
+    """Pickles as torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.args = (storage, offset, size, stride)
+
+    def __reduce__(self):
+        import collections
+
+        import torch
+
+        return torch._utils._rebuild_tensor_v2, (*self.args, False, collections.OrderedDict())
+
+
+def _write_raw_archive(path, tree, records, byteorder="little"):
+    """A torch-style zip written by hand, to test layouts torch.save never produces."""
+    import io
+    import pickle
+
+    import torch
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, _Storage):
+                return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+            return None
+
+    data = io.BytesIO()
+    Pickler(data, protocol=2).dump(tree)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("raw/data.pkl", data.getvalue())
+        z.writestr("raw/byteorder", byteorder)
+        for key, payload in records.items():
+            z.writestr(f"raw/data/{key}", payload)
+        z.writestr("raw/version", "3\n")
+    return path
+
+
+def test_big_endian_archive_reads_native_values(tmp_path):
+    values = (np.arange(6) * 1.5).astype(">f4")
+    storage = _Storage("0", 6)
+    path = _write_raw_archive(tmp_path / "be.ckpt", {"w": _Tensor(storage, 0, (2, 3), (3, 1))},
+                              {"0": values.tobytes()}, byteorder="big")  # fmt: skip
+    with ck.CheckpointArchive(path) as archive:
+        got = archive.read(archive.load_pickle()["w"])
+    assert got.dtype == np.float32 and got.dtype.isnative
+    assert np.array_equal(got, values.astype(np.float32).reshape(2, 3))
+
+
+@pytest.mark.parametrize(
+    "offset, size, stride, needle",
+    [(0, (2, 3), (-3, 1), "invalid layout"), (-1, (2,), (1,), "invalid layout"),
+     (4, (2, 3), (3, 1), "damaged"), (0, (4, 4), (4, 1), "damaged")],
+)  # fmt: skip
+def test_tensor_layouts_outside_their_storage_are_refused(tmp_path, offset, size, stride, needle):
+    storage = _Storage("0", 6)
+    path = _write_raw_archive(tmp_path / "odd.ckpt", {"w": _Tensor(storage, offset, size, stride)},
+                              {"0": np.zeros(6, "<f4").tobytes()})  # fmt: skip
+    with pytest.raises(CheckpointError, match=needle), ck.CheckpointArchive(path) as archive:
+        archive.read(archive.load_pickle()["w"])
