@@ -86,11 +86,15 @@ def export_onnx(
 
 def _distinct_random_network() -> DPoseNet:
     """A network whose every float entry is distinct, so the exporter merges no initializer."""
-    net = DPoseNet().eval()
+    with torch.device("meta"):  # skip the slow default initialisation: every value is set below
+        net = DPoseNet()
+    net = net.to_empty(device="cpu").eval()
     gen = torch.Generator().manual_seed(_TEMPLATE_SEED)
     with torch.no_grad():
         for tensor in net.state_dict().values():
-            if tensor.is_floating_point():
+            if not tensor.is_floating_point():
+                tensor.zero_()
+            else:
                 values = torch.rand(tensor.shape, generator=gen, dtype=torch.float64)
                 # Positive, well away from zero: BN variances must stay valid.
                 tensor.copy_((0.5 + values).to(tensor.dtype))
