@@ -1,0 +1,143 @@
+"""Estimator: geometry around the network (per-crop focal, translation, joints, projection),
+batching, and honest device reporting."""
+
+import numpy as np
+import pytest
+
+from dpose_core import camera, preprocess
+from dpose_core.errors import CheckpointError, DPoseError, FrameError
+from dpose_core.estimator import Estimate, Estimator
+from dpose_core.rotations import axis_angle_to_matrix
+
+IMAGE_A = np.random.default_rng(11).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+IMAGE_B = np.random.default_rng(12).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+BOX_A = [120.0, 40.0, 330.0, 460.0]
+BOX_B = [20.0, 30.0, 180.0, 290.0]
+
+
+@pytest.fixture(scope="module")
+def estimator(checkpoint_path, tmp_path_factory) -> Estimator:
+    return Estimator(checkpoint_path, cache_dir=tmp_path_factory.mktemp("cache"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def batch(estimator) -> Estimate:
+    """Two images of different sizes, one person each, in one network batch."""
+    return estimator.estimate_batch([IMAGE_A, IMAGE_B], [[BOX_A], [BOX_B]])
+
+
+def test_backend_and_device_say_what_runs(estimator):
+    assert estimator.backend == "onnxruntime"
+    assert estimator.device == "CPUExecutionProvider"
+    assert estimator.device in estimator._runner.session.get_providers()
+
+
+def test_estimate_shapes(batch):
+    assert len(batch) == 2
+    assert batch.rotmats.shape == (2, 22, 3, 3)
+    assert batch.pose_axis_angle.shape == (2, 22, 3)
+    assert batch.betas.shape == (2, 11)
+    assert batch.joints3d.shape == (2, 127, 3) and batch.joints2d.shape == (2, 127, 2)
+    assert batch.depth.shape == (2, 224, 224) and batch.part_logits.shape == (2, 23, 224, 224)
+    assert batch.part_labels.dtype == np.uint8
+    np.testing.assert_array_equal(batch.part_labels, batch.part_logits.argmax(axis=1))
+    np.testing.assert_array_equal(batch.image_index, [0, 1])
+
+
+def test_each_image_gets_its_own_focal_and_principal_point(batch):
+    np.testing.assert_allclose(batch.image_size, [[640, 480], [200, 300]])
+    np.testing.assert_allclose(batch.focal_px[0], [800.0, 800.0])  # sqrt(640^2 + 480^2)
+    np.testing.assert_allclose(batch.focal_px[1], [np.hypot(200, 300)] * 2)
+    np.testing.assert_allclose(batch.principal_point, [[320, 240], [100, 150]])
+    # tz = 2 f / (s * 200 * scale) with the crop's own focal length (spec §7).
+    s = batch.cam_crop[:, 0].astype(np.float64)
+    np.testing.assert_allclose(
+        batch.cam_t[:, 2], 2 * batch.focal_px[:, 0] / (s * 200 * batch.box_scale), rtol=1e-9
+    )
+
+
+def test_batched_crop_equals_crop_run_alone(estimator, batch):
+    alone = estimator.estimate(IMAGE_B, [BOX_B])
+    np.testing.assert_allclose(alone.rotmats[0], batch.rotmats[1], atol=1e-4)
+    np.testing.assert_allclose(alone.cam_t[0], batch.cam_t[1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(alone.joints2d[0], batch.joints2d[1], rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(alone.image_index, [0])
+
+
+def test_joints2d_are_the_projection_of_translated_joints3d(batch):
+    cam_points = batch.joints3d + batch.cam_t[:, None, :]
+    u = batch.focal_px[:, None, 0] * cam_points[..., 0] / cam_points[..., 2]
+    v = batch.focal_px[:, None, 1] * cam_points[..., 1] / cam_points[..., 2]
+    expected = np.stack([u, v], axis=-1) + batch.principal_point[:, None, :]
+    np.testing.assert_allclose(batch.joints2d, expected, rtol=1e-9, atol=1e-6)
+
+
+def test_joints3d_come_from_the_body_model_untranslated(estimator, batch):
+    out = estimator.body_model.forward(
+        batch.rotmats.astype(np.float64), batch.betas.astype(np.float64)
+    )
+    np.testing.assert_allclose(batch.joints3d, out.joints, atol=1e-9)
+
+
+def test_axis_angle_and_boxes_are_consistent(batch):
+    np.testing.assert_allclose(
+        axis_angle_to_matrix(batch.pose_axis_angle), batch.rotmats, atol=1e-5
+    )
+    centre, scale = preprocess.box_to_center_scale(BOX_A)
+    np.testing.assert_allclose(batch.box_center[0], centre)
+    assert batch.box_scale[0] == pytest.approx(scale)
+    np.testing.assert_array_equal(batch.crop_box[0], preprocess.crop_box(centre, scale))
+    info = camera.bbox_info(batch.box_center, batch.box_scale, batch.image_size, batch.focal_px)
+    assert info.shape == (2, 3)
+
+
+def test_select_and_dict(batch):
+    one = batch.select(1)
+    assert len(one) == 1 and one.image_index[0] == 1
+    assert "depth" not in batch.to_dict(dense=False)
+    assert set(batch.to_dict()) >= {"rotmats", "cam_t", "joints2d", "part_labels"}
+
+
+def test_no_boxes_gives_empty_estimate_without_running(estimator):
+    empty = estimator.estimate(IMAGE_A, np.zeros((0, 4)))
+    assert len(empty) == 0 and empty.joints2d.shape == (0, 127, 2)
+
+
+def test_bad_inputs_raise_typed_errors(estimator):
+    with pytest.raises(FrameError):
+        estimator.estimate(IMAGE_A.astype(np.float32), [BOX_A])
+    with pytest.raises(FrameError):
+        estimator.estimate(IMAGE_A, [[10, 10, 5, 5]])
+    with pytest.raises(DPoseError):
+        estimator.estimate_batch([IMAGE_A], [[BOX_A]], focal_px=[-1.0])
+    with pytest.raises(DPoseError):
+        Estimator(estimator.checkpoint_path, backend="tensorflow")
+
+
+def test_missing_checkpoint_says_where_to_put_it(tmp_path):
+    with pytest.raises(CheckpointError, match="DPOSE_CHECKPOINT"):
+        Estimator(tmp_path / "nope.ckpt")
+
+
+def test_cuda_request_falls_back_to_cpu_and_says_so(estimator, caplog):
+    import onnxruntime as ort
+
+    cache = estimator.model_path.parents[1]
+    est = Estimator(estimator.checkpoint_path, device="cuda", cache_dir=cache)
+    if "CUDAExecutionProvider" in ort.get_available_providers() and est.device.startswith("CUDA"):
+        assert est.notes == []
+    else:
+        assert est.device == "CPUExecutionProvider"
+        assert est.notes and "CUDA" in est.notes[0] and "CPU" in est.notes[0]
+        assert any("CUDA" in r.getMessage() for r in caplog.records)
+
+
+def test_torch_backend_cuda_request_falls_back_to_cpu(estimator):
+    torch = pytest.importorskip("torch")
+    est = Estimator(estimator.checkpoint_path, backend="torch", device="cuda")
+    assert est.backend == "torch"
+    if torch.cuda.is_available():
+        assert est.device.startswith("cuda")
+    else:
+        assert est.device == "cpu"
+        assert any("torch.cuda.is_available()" in n for n in est.notes)
