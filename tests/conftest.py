@@ -40,6 +40,22 @@ def onnx_cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("onnx-cache")
 
 
+@pytest.fixture(scope="session")
+def linux_extension_zip(tmp_path_factory) -> Path:
+    """The linux-x64 extension zip built by wheels/build.py (downloads wheels once: needs PyPI,
+    cached in wheels/downloads/; ~75 MB)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("dist")
+    root = Path(__file__).resolve().parents[1]
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    subprocess.run([sys.executable, str(root / "wheels" / "build.py"), "--platform", "linux-x64",
+                    "--python", py, "--output-dir", str(out), "--stage-dir", str(out / "stage")],
+                   check=True)
+    return next(out.glob("*.zip"))
+
+
 @pytest.fixture(autouse=True)
 def _fresh_blender(request):
     """Blender tests start from an empty factory scene."""

@@ -114,25 +114,25 @@ def _manifest_with(text: str, wheels: list[str], platforms: list[str]) -> str:
     return text
 
 
-def stage_source(wheels: list[Path], platforms: list[str]) -> Path:
-    """Copy the extension sources + wheels into build/extension with the rewritten manifest."""
-    shutil.rmtree(STAGE, ignore_errors=True)
-    STAGE.mkdir(parents=True)
+def stage_source(wheels: list[Path], platforms: list[str], stage: Path = STAGE) -> Path:
+    """Copy the extension sources + wheels into ``stage`` with the rewritten manifest."""
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for item in SOURCE_ITEMS:
         src = ROOT / item
         if src.is_dir():
-            shutil.copytree(src, STAGE / item, ignore=ignore)
+            shutil.copytree(src, stage / item, ignore=ignore)
         elif src.is_file():
-            shutil.copy2(src, STAGE / item)
-    (STAGE / "wheels").mkdir()
+            shutil.copy2(src, stage / item)
+    (stage / "wheels").mkdir()
     names = []
     for wheel in wheels:
-        shutil.copy2(wheel, STAGE / "wheels" / wheel.name)
+        shutil.copy2(wheel, stage / "wheels" / wheel.name)
         names.append(f"./wheels/{wheel.name}")
     manifest = (ROOT / MANIFEST).read_text(encoding="utf-8")
-    (STAGE / MANIFEST).write_text(_manifest_with(manifest, names, platforms), encoding="utf-8")
-    return STAGE
+    (stage / MANIFEST).write_text(_manifest_with(manifest, names, platforms), encoding="utf-8")
+    return stage
 
 
 def run_blender_ext(blender_ext: Path, *args: str) -> str:
@@ -145,7 +145,7 @@ def run_blender_ext(blender_ext: Path, *args: str) -> str:
 
 def build(platforms: list[str], pythons: list[str], output_dir: Path, *,
           blender_ext: Path | None = None, offline: bool = False,
-          update_manifest: bool = False) -> list[Path]:
+          update_manifest: bool = False, stage_dir: Path = STAGE) -> list[Path]:
     """Download, stage, build one zip per platform, validate; returns the zip paths."""
     blender_ext = blender_ext or find_blender_ext()
     wheels: dict[str, Path] = {}
@@ -154,7 +154,7 @@ def build(platforms: list[str], pythons: list[str], output_dir: Path, *,
             for wheel in download_wheels(platform, python, offline=offline):
                 wheels.setdefault(wheel.name, wheel)
     ordered = sorted(wheels.values(), key=lambda w: w.name.lower())
-    stage = stage_source(ordered, platforms)
+    stage = stage_source(ordered, platforms, stage_dir)
     if update_manifest:
         shutil.copy2(stage / MANIFEST, ROOT / MANIFEST)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=ROOT / "dist")
     parser.add_argument("--blender-ext", type=Path, default=None,
                         help="path to blender_ext.py (default: the one inside the bpy wheel)")
+    parser.add_argument("--stage-dir", type=Path, default=STAGE,
+                        help="scratch folder for the package contents (default: build/extension)")
     parser.add_argument("--offline", action="store_true", help="use cached downloads only")
     parser.add_argument("--update-manifest", action="store_true",
                         help="also write the wheels list into the repository's manifest")
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     zips = build(args.platform or list(PLATFORM_TAGS), args.python or PYTHONS,
                  args.output_dir.resolve(), blender_ext=args.blender_ext, offline=args.offline,
-                 update_manifest=args.update_manifest)
+                 update_manifest=args.update_manifest, stage_dir=args.stage_dir.resolve())
     if args.json:
         print(json.dumps([str(z) for z in zips]))
     return 0 if zips else 1
