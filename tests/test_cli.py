@@ -1,0 +1,129 @@
+"""`dpose` end to end on the random checkpoint: info, convert, estimate (json + npz), doctor."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dpose_core import onnx_model
+from dpose_core.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+BOX = "40,30,260,400"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    cv2 = pytest.importorskip("cv2")
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for k, (h, w) in enumerate([(420, 300), (500, 640)]):
+        rgb = np.random.default_rng(k).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        path = folder / f"img{k}.png"
+        cv2.imwrite(str(path), rgb[:, :, ::-1])
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("dpose_cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch, cache_dir):
+    monkeypatch.setenv("DPOSE_CACHE", str(cache_dir))
+    monkeypatch.delenv("DPOSE_CHECKPOINT", raising=False)
+
+
+def test_info_reports_a_valid_checkpoint(checkpoint_path, capsys):
+    assert main(["info", str(checkpoint_path)]) == 0
+    out = capsys.readouterr().out
+    assert "strict network check: OK" in out and "2309" in out
+
+
+def test_convert_without_torch_writes_graph_and_weights(checkpoint_path, tmp_path):
+    out = tmp_path / "export" / "dpose.onnx"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["torch"] = None
+        from dpose_core.cli import main
+        sys.exit(main(["convert", {str(checkpoint_path)!r}, "-o", {str(out)!r}]))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == onnx_model.TEMPLATE_PATH.read_bytes()
+    layout = onnx_model.template_layout()
+    weights = out.parent / onnx_model.WEIGHTS_FILE
+    assert weights.stat().st_size == layout[-1].offset + layout[-1].nbytes
+    from dpose_core.checkpoint import load_checkpoint_arrays
+
+    arrays = load_checkpoint_arrays(checkpoint_path)
+    for entry in (layout[0], layout[len(layout) // 2], layout[-1]):
+        stored = np.fromfile(weights, dtype=entry.dtype, count=int(np.prod(entry.shape)),
+                             offset=entry.offset).reshape(entry.shape)  # fmt: skip
+        np.testing.assert_array_equal(stored, arrays[entry.name])
+
+
+def test_estimate_json_and_npz(checkpoint_path, images, tmp_path, capsys):
+    out_json = tmp_path / "out.json"
+    args = ["estimate", *map(str, images), "--checkpoint", str(checkpoint_path), "--bbox", BOX]
+    assert main([*args, "-o", str(out_json), "--device", "cpu"]) == 0
+    doc = json.loads(out_json.read_text())
+    assert doc["image_paths"] == [str(p) for p in images]
+    assert doc["backend"] == "onnxruntime" and doc["device"] == "CPUExecutionProvider"
+    assert "depth" not in doc and "part_logits" not in doc and "part_labels" not in doc
+    assert np.shape(doc["joints2d"]) == (2, 127, 2)
+    assert doc["image_index"] == [0, 1]
+    assert doc["image_size"] == [[300, 420], [640, 500]]
+    assert doc["focal_px"][0][0] == pytest.approx(np.hypot(300, 420))
+
+    out_npz = tmp_path / "out.npz"
+    assert main(["estimate", str(images[1]), "--checkpoint", str(checkpoint_path),
+                 "--bbox", BOX, "-o", str(out_npz), "--batch", "1"]) == 0  # fmt: skip
+    with np.load(out_npz) as npz:
+        assert npz["depth"].shape == (1, 224, 224)
+        assert npz["part_labels"].dtype == np.uint8
+        assert str(npz["image_paths"][0]) == str(images[1])
+        # Same image and box as the JSON's second crop: same answer.
+        np.testing.assert_allclose(npz["rotmats"][0], doc["rotmats"][1], atol=1e-4)
+        np.testing.assert_allclose(npz["cam_t"][0], doc["cam_t"][1], rtol=1e-4)
+    assert "wrote" in capsys.readouterr().err
+
+
+def test_estimate_rejects_unknown_output_format(checkpoint_path, images, capsys):
+    rc = main(["estimate", str(images[0]), "--checkpoint", str(checkpoint_path), "-o", "x.csv"])
+    assert rc == 2
+    assert "json or .npz" in capsys.readouterr().err
+
+
+def test_doctor_passes_with_checkpoint_and_body_model(checkpoint_path, body_model_npz, capsys):
+    rc = main(["doctor", "--checkpoint", str(checkpoint_path), "--body-model", str(body_model_npz)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "onnxruntime" in out and "all required parts found" in out
+
+
+def test_doctor_fails_and_explains_a_missing_checkpoint(tmp_path, capsys):
+    rc = main(["doctor", "--checkpoint", str(tmp_path / "missing.ckpt")])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "MISSING" in out and "DPOSE_CHECKPOINT" in out and "paper_arxiv.ckpt" in out
+
+
+def test_missing_checkpoint_is_one_clear_line_and_exit_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "dpose_core.cli", "info", str(tmp_path / "nope.ckpt")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dpose: error:")
+    assert "DPOSE_CHECKPOINT" in lines[0] and "Traceback" not in result.stderr
