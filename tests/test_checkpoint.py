@@ -137,6 +137,19 @@ def test_only_network_tensors_are_read(checkpoint_path, tmp_path):
         assert archive.members_read == [f"paper_arxiv/data/{init_cam.storage.key}"]
 
 
+def test_info_reads_no_tensor_data(checkpoint_path, tmp_path):
+    skeleton = tmp_path / "no_tensor_data.ckpt"
+    with zipfile.ZipFile(checkpoint_path) as src, zipfile.ZipFile(skeleton, "w") as dst:
+        for info in src.infolist():
+            if "/data/" not in info.filename:
+                dst.writestr(info.filename, src.read(info))
+    info = ck.checkpoint_info(skeleton)
+    assert info.valid and info.network_parameters == 81_099_394
+    assert info.flags["TRIAL.bedlam_bbox"] is True
+    with pytest.raises(CheckpointError, match="lacks the tensor record"):
+        ck.load_checkpoint_arrays(skeleton)
+
+
 def test_peak_memory_is_about_the_network(checkpoint_path):
     size = checkpoint_path.stat().st_size
     tracemalloc.start()
