@@ -84,8 +84,8 @@ def find_people(estimator, image: np.ndarray) -> np.ndarray:
     """Person boxes (K,4) xyxy from the core's person finder; the whole image if it finds none."""
     from ..dpose_core import localise
 
-    boxes = np.asarray(localise.find_people(estimator, image), dtype=np.float64)
-    boxes = boxes.reshape(-1, boxes.shape[-1] if boxes.size else 4)[:, :4]
+    found = np.asarray(localise.find_people(estimator, image), dtype=np.float64)
+    boxes = found.reshape(-1, found.shape[-1] if found.size else 4)[:, :4]
     if len(boxes) == 0:
         h, w = image.shape[:2]
         boxes = np.array([[0.0, 0.0, float(w), float(h)]])

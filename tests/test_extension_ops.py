@@ -1,0 +1,290 @@
+"""The installed extension's operators on generated footage: rigs, keys, camera, relief,
+cancel and corrupt frames; plus the worker-thread job runner on its own.
+
+The linux zip (session fixture) is installed into bpy once for this module; every test enables
+it again after the autouse factory reset. Inputs are tiny (a few 96x120 frames, one crop per
+frame) because the random-weight network costs about a second per crop on a CPU.
+"""
+
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.blender
+
+EXT = "bl_ext.user_default.dpose"
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def installed(linux_extension_zip):
+    import addon_utils
+    import bpy
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    assert bpy.ops.extensions.package_install_files(
+        filepath=str(linux_extension_zip), repo="user_default", enable_on_install=False
+    ) == {"FINISHED"}
+    yield
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    addon_utils.disable(EXT, default_set=True)
+    repo_index = [r.module for r in bpy.context.preferences.extensions.repos].index("user_default")
+    bpy.ops.extensions.package_uninstall(repo_index=repo_index, pkg_id="dpose")
+    assert not hasattr(bpy.types.Scene, "dpose")
+    assert not hasattr(bpy.types, "DPOSE_OT_estimate_sequence")
+
+
+@pytest.fixture
+def ext(installed, checkpoint_path, onnx_cache_dir):
+    """The enabled extension with the test checkpoint in its preferences; yields its modules."""
+    import addon_utils
+    import bpy
+
+    addon_utils.enable(EXT, default_set=True)
+    prefs = bpy.context.preferences.addons[EXT].preferences
+    prefs.checkpoint_path = str(checkpoint_path)
+    prefs.device = "CPU"
+    prefs.cache_dir = str(onnx_cache_dir)
+    assert prefs.checkpoint_ok, prefs.status_checkpoint
+
+    class Modules:
+        def __getattr__(self, name):
+            return sys.modules[f"{EXT}.dpose_blender.{name}"]
+
+    import importlib
+
+    for name in ("image_estimate", "sequence_job", "operators", "jobs", "keyframes"):
+        importlib.import_module(f"{EXT}.dpose_blender.{name}")
+    yield Modules()
+    sys.modules[f"{EXT}.dpose_blender.jobs"].cancel_all()
+    addon_utils.disable(EXT, default_set=True)
+
+
+def _figure(i, size=(120, 96)):
+    import cv2
+
+    h, w = size
+    img = np.full((h, w, 3), 25, np.uint8)
+    cv2.rectangle(img, (34 + i, 22), (62 + i, 104), (190, 170, 150), -1)
+    cv2.circle(img, (48 + i, 14), 8, (220, 200, 180), -1)
+    return img
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    import cv2
+
+    path = tmp_path_factory.mktemp("image") / "person.png"
+    cv2.imwrite(str(path), _figure(0)[:, :, ::-1])
+    return path
+
+
+@pytest.fixture(scope="module")
+def video_file(tmp_path_factory):
+    import cv2
+
+    path = tmp_path_factory.mktemp("video") / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (96, 120))
+    for i in range(3):
+        writer.write(_figure(i)[:, :, ::-1].copy())
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder_with_corrupt_frame(tmp_path_factory):
+    import cv2
+
+    folder = tmp_path_factory.mktemp("corrupt")
+    for i in range(4):
+        path = folder / f"f{i:03d}.png"
+        if i == 1:
+            path.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+        else:
+            cv2.imwrite(str(path), _figure(i)[:, :, ::-1])
+    return folder
+
+
+def _rigs():
+    import bpy
+
+    return sorted((o for o in bpy.data.objects if o.type == "ARMATURE"), key=lambda o: o.name)
+
+
+def _keyed_frames(ext, armature):
+    motion = ext.keyframes.read_motion_keys(armature)
+    return sorted(int(f) for f in motion.frame_indices + armature["dpose_frame_offset"])
+
+
+# ----------------------------------------------------------------------------- job runner
+def test_job_runner_posts_items_and_cancels(ext):
+    jobs = ext.jobs
+    got = []
+
+    def work(ctx):
+        for i in range(1000):
+            if ctx.cancelled:
+                return i
+            ctx.post(i)
+            ctx.progress(i + 1, 1000)
+            time.sleep(0.001)
+        return 1000
+
+    job = jobs.Job(work, on_item=got.append).start()
+    while len(got) < 5:
+        job.drain()
+        time.sleep(0.005)
+    job.cancel()
+    assert job.wait(timeout=10)
+    assert job.state == jobs.CANCELLED
+    assert got == list(range(len(got))) and job.result >= len(got) - 1 and job.result < 1000
+    assert job.progress.text().startswith(f"{job.progress.done}/1000 frames")
+
+
+def test_job_runner_reports_worker_errors_on_the_main_thread(ext):
+    jobs = ext.jobs
+    main = threading.get_ident()
+    seen = []
+
+    def work(ctx):
+        ctx.warn("frame 3: unreadable")
+        raise ValueError("boom")
+
+    job = jobs.Job(work, on_warning=lambda t: seen.append((t, threading.get_ident())))
+    job.start().wait(timeout=10)
+    assert job.state == jobs.FAILED and "boom" in str(job.error)
+    assert seen == [("frame 3: unreadable", main)]
+
+
+# ----------------------------------------------------------------------------- image
+def test_image_operator_creates_rigs_camera_and_depth_plane(ext, image_file):
+    import bpy
+
+    from dpose_core.frames import read_image
+
+    scene = bpy.context.scene
+    s = scene.dpose
+    s.image_path = str(image_file)
+    s.people = "ALL"
+    s.add_depth_plane = True
+    scene.frame_set(7)
+    assert bpy.ops.dpose.estimate_image() == {"FINISHED"}
+
+    estimator = ext.sequence_job.load_estimator(
+        bpy.context.preferences.addons[EXT].preferences.checkpoint_path, device="cpu",
+        cache_dir=bpy.context.preferences.addons[EXT].preferences.cache_dir)
+    n_people = len(ext.image_estimate.find_people(estimator, read_image(image_file)))
+    rigs = _rigs()
+    assert len(rigs) == n_people >= 1
+    for rig in rigs:
+        assert _keyed_frames(ext, rig) == [7]  # one key, at the current frame
+        assert rig["dpose_checkpoint_sha256"] and str(image_file.resolve()) in rig["dpose_input"]
+    cam = scene.camera
+    assert cam is not None and cam.data.background_images[0].image.filepath
+    assert (scene.render.resolution_x, scene.render.resolution_y) == (96, 120)
+    planes = [o for o in bpy.data.objects if o.name.startswith("D-PoSE Depth")]
+    assert len(planes) == n_people
+
+
+def test_rig_joints_project_onto_network_joints(ext, image_file):
+    """Through the created camera the rig's joints land on the network's 2D joints."""
+    import bpy
+
+    from dpose_core.skeleton import JOINT_NAMES
+
+    scene = bpy.context.scene
+    settings = ext.operators.image_settings(bpy.context)
+    settings.image_path = str(image_file)
+    settings.person = "largest"
+    result = ext.image_estimate.estimate_image(settings)
+    created = ext.image_estimate.apply_image_result(scene, result, settings)
+    rig = next(o for o in created if o.type == "ARMATURE")
+    scene.frame_set(scene.frame_current)
+    world = np.array([(rig.matrix_world @ rig.pose.bones[n].head)[:] for n in JOINT_NAMES])
+    pixels = sys.modules[f"{EXT}.dpose_blender.scene_camera"].project_to_pixels(
+        scene, scene.camera, world)
+    expected = result.estimate.joints2d[0, : len(JOINT_NAMES)]
+    assert np.abs(pixels - expected).max() < 0.5
+
+
+def test_image_keys_onto_selected_rig_at_current_frame(ext, image_file):
+    import bpy
+
+    scene = bpy.context.scene
+    scene.dpose.image_path = str(image_file)
+    scene.dpose.people = "LARGEST"
+    scene.frame_set(1)
+    assert bpy.ops.dpose.estimate_image() == {"FINISHED"}
+    (rig,) = _rigs()
+    bpy.context.view_layer.objects.active = rig
+    scene.dpose.key_selected = True
+    scene.frame_set(12)
+    assert bpy.ops.dpose.estimate_image() == {"FINISHED"}
+    assert _rigs() == [rig]
+    assert _keyed_frames(ext, rig) == [1, 12]
+
+
+# ----------------------------------------------------------------------------- sequences
+def test_sequence_operator_keys_every_frame_of_a_video(ext, video_file):
+    import bpy
+
+    scene = bpy.context.scene
+    s = scene.dpose
+    s.sequence_path = str(video_file)
+    s.people = "LARGEST"
+    s.smooth = 0.3
+    assert bpy.ops.dpose.estimate_sequence() == {"FINISHED"}
+    (rig,) = _rigs()
+    assert _keyed_frames(ext, rig) == [scene.frame_start + i for i in range(3)]
+    assert scene.camera.data.background_images[0].image.source == "MOVIE"
+    assert '"kind": "sequence"' in rig["dpose_provenance"]
+
+
+def test_corrupt_frame_is_reported_and_skipped(ext, folder_with_corrupt_frame):
+    import bpy
+
+    scene = bpy.context.scene
+    settings = ext.operators.sequence_settings(bpy.context)
+    settings.source = str(folder_with_corrupt_frame)
+    settings.person = "largest"
+    job = ext.operators.start_sequence_job(bpy.context, settings)
+    assert job.wait(timeout=300)
+    assert job.state == ext.jobs.DONE, job.error_text
+    assert any("1" in w for w in job.warnings)  # frame 1 reported
+    (rig,) = _rigs()
+    assert _keyed_frames(ext, rig) == [scene.frame_start + i for i in (0, 2, 3)]
+
+
+def test_cancel_keeps_processed_frames(ext, folder_with_corrupt_frame, tmp_path):
+    """Cancel after the first processed frame, driving the modal loop's drain by hand."""
+    import shutil
+
+    import bpy
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for p in sorted(folder_with_corrupt_frame.iterdir()):
+        if p.name != "f001.png":
+            shutil.copy(p, folder / p.name)
+    scene = bpy.context.scene
+    settings = ext.operators.sequence_settings(bpy.context)
+    settings.source = str(folder)
+    settings.person = "largest"
+    job = ext.operators.start_sequence_job(bpy.context, settings)
+    deadline = time.time() + 300
+    while not job.drain():
+        if job.progress.done >= 1 and not job.cancel_event.is_set():
+            job.cancel()  # what Esc / the Cancel button do
+        assert time.time() < deadline
+        time.sleep(0.01)
+    assert job.state == ext.jobs.CANCELLED, job.error_text
+    (rig,) = _rigs()
+    frames = _keyed_frames(ext, rig)
+    assert 1 <= len(frames) < 3
+    assert frames == [scene.frame_start + i for i in range(len(frames))]
+    # A valid action: every channel holds exactly the processed frames.
+    counts = {len(fc.keyframe_points) for fc in ext.anim_compat.iter_fcurves(rig)}
+    assert counts == {len(frames)}
