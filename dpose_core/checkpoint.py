@@ -97,12 +97,18 @@ def resolve_checkpoint(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 class CheckpointArchive:
-    """An open torch zip checkpoint: the unpickled tree with lazy tensors, and `read(tensor)`."""
+    """An open torch zip checkpoint: the unpickled tree with lazy tensors, and `read(tensor)`.
+
+    One archive serves one thread (reads seek a shared file handle).
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.members_read: list[str] = []  # storage records read so far (diagnostics, tests)
-        self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 (closed by close())
+        try:
+            self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 (closed by close())
+        except OSError as exc:
+            raise CheckpointError(f"Cannot open the checkpoint {self.path}: {exc}") from exc
         try:
             self._zip = self._open_zip()
             self._prefix = self._find_prefix()
