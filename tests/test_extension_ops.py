@@ -19,10 +19,20 @@ EXT = "bl_ext.user_default.dpose"
 
 
 # ----------------------------------------------------------------------------- fixtures
+def _addon_utils():
+    """Blender's addon_utils (importable only once bpy is imported)."""
+    import importlib
+
+    import bpy  # noqa: F401
+
+    return importlib.import_module("addon_utils")
+
+
 @pytest.fixture(scope="module")
 def installed(linux_extension_zip):
-    import addon_utils
     import bpy
+
+    addon_utils = _addon_utils()
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     assert bpy.ops.extensions.package_install_files(
@@ -40,8 +50,9 @@ def installed(linux_extension_zip):
 @pytest.fixture
 def ext(installed, checkpoint_path, onnx_cache_dir):
     """The enabled extension with the test checkpoint in its preferences; yields its modules."""
-    import addon_utils
     import bpy
+
+    addon_utils = _addon_utils()
 
     addon_utils.enable(EXT, default_set=True)
     prefs = bpy.context.preferences.addons[EXT].preferences

@@ -21,6 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 EXT_MODULE = "bl_ext.user_default.dpose"
 
 
+def _addon_utils():
+    """Blender's addon_utils (importable only once bpy is imported)."""
+    import importlib
+
+    import bpy  # noqa: F401
+
+    return importlib.import_module("addon_utils")
+
+
 def _blender_ext() -> Path:
     spec = importlib.util.find_spec("bpy")
     found = glob.glob(str(Path(spec.origin).parent / "*" / "scripts" / "addons_core" / "bl_pkg"
@@ -76,8 +85,9 @@ def test_linux_zip_is_valid_and_bundles_no_numpy_or_torch(linux_extension_zip):
 
 
 def test_install_enable_run_uninstall(linux_extension_zip, checkpoint_path, tmp_path):
-    import addon_utils
     import bpy
+
+    addon_utils = _addon_utils()
 
     result = bpy.ops.extensions.package_install_files(
         filepath=str(linux_extension_zip), repo="user_default", enable_on_install=True
