@@ -140,7 +140,8 @@ def write_relief_mesh(mesh, verts_world: np.ndarray, quads: np.ndarray, uvs: np.
     mesh.update()
 
 
-def footage_material(image, name: str = "D-PoSE Footage"):
+def footage_material(image, name: str = "D-PoSE Footage", *, frame_start: int = 1,
+                     frame_duration: int = 0):
     """An emissive material showing ``image`` (unlit, so the relief looks like the footage)."""
     import bpy
 
@@ -150,9 +151,10 @@ def footage_material(image, name: str = "D-PoSE Footage"):
     nodes.clear()
     tex = nodes.new("ShaderNodeTexImage")
     tex.image = image
-    if image is not None and image.source in {"MOVIE", "SEQUENCE"}:
-        tex.image_user.frame_duration = max(1, image.frame_duration)
-        tex.image_user.use_auto_refresh = True
+    from .scene_camera import set_footage_timing
+
+    set_footage_timing(tex.image_user, image, frame_start=frame_start,
+                       frame_duration=frame_duration)
     emit = nodes.new("ShaderNodeEmission")
     out = nodes.new("ShaderNodeOutputMaterial")
     links.new(tex.outputs["Color"], emit.inputs["Color"])
@@ -161,7 +163,8 @@ def footage_material(image, name: str = "D-PoSE Footage"):
 
 
 def create_depth_plane(collection, frame: DepthReliefFrame, *, image=None,
-                       depth_scale: float = DEFAULT_DEPTH_SCALE, name: str = "D-PoSE Depth"):
+                       depth_scale: float = DEFAULT_DEPTH_SCALE, name: str = "D-PoSE Depth",
+                       frame_start: int = 1, frame_duration: int = 0):
     """A new mesh object holding one frame's relief, linked to ``collection``."""
     import bpy
 
@@ -171,7 +174,8 @@ def create_depth_plane(collection, frame: DepthReliefFrame, *, image=None,
     obj = bpy.data.objects.new(name, mesh)
     obj["dpose_depth_scale"] = float(depth_scale)
     if image is not None:
-        mesh.materials.append(footage_material(image))
+        mesh.materials.append(footage_material(image, frame_start=frame_start,
+                                               frame_duration=frame_duration))
     collection.objects.link(obj)
     return obj
 

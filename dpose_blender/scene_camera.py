@@ -16,6 +16,7 @@ tests check without Blender objects; ``ensure_camera`` applies them.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,9 +127,33 @@ def load_footage(path: str | Path, *, sequence_length: int = 0):
 MOVIE_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 
+def footage_frame_offset(image) -> int:
+    """Image-user offset so that the user's ``frame_start`` shows source frame 0.
+
+    Blender shows number ``scene_frame - frame_start + offset + 1`` of a movie (1-based) or of
+    a numbered image sequence (the number in the file name): a movie needs offset 0, a sequence
+    whose first file is numbered n0 needs n0 - 1.
+    """
+    if image.source != "SEQUENCE":
+        return 0
+    digits = re.findall(r"(\d+)", Path(image.filepath).stem)
+    return int(digits[-1]) - 1 if digits else 0
+
+
+def set_footage_timing(image_user, image, *, frame_start: int = 1, frame_duration: int = 0
+                       ) -> None:
+    """Make a movie / sequence image user play source frame i at scene frame frame_start + i."""
+    if image is None or image.source not in {"MOVIE", "SEQUENCE"}:
+        return
+    image_user.frame_start = frame_start
+    image_user.frame_offset = footage_frame_offset(image)
+    image_user.frame_duration = max(1, frame_duration or image.frame_duration)
+    image_user.use_auto_refresh = True
+
+
 def set_camera_background(camera_obj, image, *, frame_start: int = 1, frame_duration: int = 0,
-                          frame_offset: int = 0, alpha: float = 1.0) -> None:
-    """Show ``image`` behind the camera view (replaces earlier D-PoSE backgrounds)."""
+                          alpha: float = 1.0) -> None:
+    """Show ``image`` behind the camera view (replaces earlier backgrounds of this camera)."""
     cam = camera_obj.data
     cam.show_background_images = True
     for bg in list(cam.background_images):
@@ -139,12 +164,8 @@ def set_camera_background(camera_obj, image, *, frame_start: int = 1, frame_dura
     bg.alpha = alpha
     bg.display_depth = "BACK"
     bg.frame_method = "STRETCH"  # the camera frame has the footage's aspect already
-    if image.source in {"MOVIE", "SEQUENCE"}:
-        user = bg.image_user
-        user.frame_start = frame_start
-        user.frame_offset = frame_offset
-        user.frame_duration = max(1, frame_duration or image.frame_duration)
-        user.use_auto_refresh = True
+    set_footage_timing(bg.image_user, image, frame_start=frame_start,
+                       frame_duration=frame_duration)
 
 
 def ensure_camera(

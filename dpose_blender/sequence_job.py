@@ -206,10 +206,8 @@ def apply_sequence_result(scene, result: SequenceResult, settings: SequenceSetti
         collection.objects.link(cam)
         footage = _footage(result, settings)
         if footage is not None:
-            scene_camera.set_camera_background(
-                cam, footage, frame_start=settings.frame_start + _first_index(result),
-                frame_duration=result.frames_total * settings.stride,
-            )
+            scene_camera.set_camera_background(cam, footage, frame_start=settings.frame_start,
+                                               frame_duration=_source_length(result, settings))
         provenance.stamp(cam, record)
         created.append(cam)
     if settings.add_depth_plane:
@@ -217,9 +215,10 @@ def apply_sequence_result(scene, result: SequenceResult, settings: SequenceSetti
     return created
 
 
-def _first_index(result: SequenceResult) -> int:
-    firsts = [int(m.frame_indices[0]) for m in result.motions.values() if len(m)]
-    return min(firsts) if firsts else 0
+def _source_length(result: SequenceResult, settings: SequenceSettings) -> int:
+    """Source frames up to the last one used (the footage plays 1:1 with the keys)."""
+    last = max((int(m.frame_indices[-1]) for m in result.motions.values() if len(m)), default=0)
+    return last + 1
 
 
 def _footage(result: SequenceResult, settings: SequenceSettings):
@@ -257,7 +256,8 @@ def _depth_planes(scene, collection, result, settings, record) -> list:
         )
         plane = depth_plane.create_depth_plane(
             collection, reliefs[0], image=footage, depth_scale=settings.depth_scale,
-            name=f"D-PoSE Depth {track}",
+            name=f"D-PoSE Depth {track}", frame_start=settings.frame_start,
+            frame_duration=_source_length(result, settings),
         )
         plane[depth_plane.CACHE_PROP] = str(cache)
         provenance.stamp(plane, record)

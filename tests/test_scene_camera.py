@@ -77,3 +77,22 @@ def test_background_image_on_camera(tmp_path):
     assert cam.data.show_background_images
     assert len(cam.data.background_images) == 1
     assert cam.data.background_images[0].image == loaded
+
+
+def test_sequence_background_plays_source_frames_from_frame_start(tmp_path):
+    import bpy
+
+    scene_camera = import_blender_module("scene_camera")
+    for n in (5, 6, 7):
+        img = bpy.data.images.new(f"f{n}", 8, 6)
+        img.filepath_raw = str(tmp_path / f"shot_{n:04d}.png")
+        img.file_format = "PNG"
+        img.save()
+    seq = scene_camera.load_footage(tmp_path / "shot_0005.png", sequence_length=3)
+    assert seq.source == "SEQUENCE"
+    cam = scene_camera.ensure_camera(bpy.context.scene, image_size=(8, 6), focal_px=10.0)
+    scene_camera.set_camera_background(cam, seq, frame_start=10, frame_duration=3)
+    user = cam.data.background_images[0].image_user
+    # Blender shows file number scene_frame - frame_start + offset + 1: frame 10 -> 0005.
+    assert 10 - user.frame_start + user.frame_offset + 1 == 5
+    assert user.frame_duration == 3
