@@ -130,6 +130,30 @@ def _keyed_frames(ext, armature):
     return sorted(int(f) for f in motion.frame_indices + armature["dpose_frame_offset"])
 
 
+# ----------------------------------------------------------------------------- preferences
+def test_preferences_status_checks_files_and_device(ext, body_model_npz, tmp_path):
+    import bpy
+
+    prefs = bpy.context.preferences.addons[EXT].preferences
+    assert "checkpoint OK" in prefs.status_checkpoint
+    assert "stored in the checkpoint" in prefs.status_body_model
+    bad = tmp_path / "SMPLX_NEUTRAL.npz"
+    bad.write_bytes(b"not a numpy file")
+    prefs.body_model_path = str(bad)
+    assert "OK" not in prefs.status_body_model
+    prefs.body_model_path = str(body_model_npz)
+    assert prefs.status_body_model.startswith("Body model OK")
+    import onnxruntime
+
+    prefs.device = "CUDA"  # this machine has no CUDA provider: the line says the CPU runs
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert "CPU" in prefs.status_device and "CUDA requested" in prefs.status_device
+    prefs.device = "CPU"
+    assert prefs.status_device == "Device: CPU"
+    prefs.checkpoint_path = str(body_model_npz)  # a file, but not the network
+    assert not prefs.checkpoint_ok
+
+
 # ----------------------------------------------------------------------------- job runner
 def test_job_runner_posts_items_and_cancels(ext):
     jobs = ext.jobs
