@@ -60,7 +60,7 @@ def _session(model: Path, level: str = "all", threads: int | None = None, save_t
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     }[level]
-    options.intra_op_num_threads = threads or physical_cores()
+    options.intra_op_num_threads = threads or physical_cores() or 0
     if save_to is not None:
         options.optimized_model_filepath = str(save_to)
         options.add_session_config_entry(

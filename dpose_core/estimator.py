@@ -88,8 +88,11 @@ class Estimate:
         return Estimate(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
 
-def physical_cores() -> int:
-    """Physical CPU cores (ONNX Runtime is fastest with one intra-op thread per core)."""
+def physical_cores() -> int | None:
+    """Physical CPU cores, or None when unknown (ONNX Runtime then picks them itself).
+
+    One intra-op thread per physical core is fastest; hyper-threads only add contention.
+    """
     try:
         import psutil  # optional
 
@@ -99,24 +102,18 @@ def physical_cores() -> int:
     except ImportError:
         pass
     try:
-        cores = set()
-        physical = core = None
         with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("physical id"):
-                    physical = line.split(":")[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":")[1].strip()
-                elif not line.strip() and core is not None:
-                    cores.add((physical, core))
-                    physical = core = None
-        if core is not None:
-            cores.add((physical, core))
-        if cores:
-            return len(cores)
+            text = fh.read()
     except OSError:
-        pass
-    return max(1, os.cpu_count() or 1)
+        return None
+    cores = set()
+    for block in text.split("\n\n"):
+        fields_ = dict(
+            (k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in block.splitlines())
+        )
+        if "core id" in fields_:
+            cores.add((fields_.get("physical id"), fields_["core id"]))
+    return len(cores) or None
 
 
 class _OnnxRunner:
@@ -140,7 +137,7 @@ class _OnnxRunner:
                 )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or physical_cores()
+        options.intra_op_num_threads = threads or physical_cores() or 0  # 0: ORT decides
         options.log_severity_level = 3  # errors only: provider fallbacks are reported below
         self.session = ort.InferenceSession(str(model_path), options, providers=providers)
         used = self.session.get_providers()
