@@ -148,8 +148,17 @@ def normalize_crops(crops) -> np.ndarray:
 
 
 def prepare_crops(image: np.ndarray, boxes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crop every box of one image: -> (crops (K,224,224,3) 0-255, centres (K,2), scales (K,))."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    """Crop every box of one image: -> (crops (K,224,224,3) 0-255, centres (K,2), scales (K,)).
+
+    boxes: (K,4) xyxy pixels; extra columns (e.g. a detector score) are ignored.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.size == 0:
+        boxes = np.zeros((0, 4))
+    boxes = np.atleast_2d(boxes)
+    if boxes.ndim != 2 or boxes.shape[1] < 4:
+        raise FrameError(f"Boxes must be (K, 4) x0,y0,x1,y1 pixels, got shape {boxes.shape}.")
+    boxes = boxes[:, :4]
     centres = np.zeros((len(boxes), 2))
     scales = np.zeros(len(boxes))
     crops = np.zeros((len(boxes), CROP_SIZE, CROP_SIZE, 3), dtype=np.float32)

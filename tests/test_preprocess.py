@@ -103,3 +103,15 @@ def test_normalize_crops_layout_and_values():
     expected = (crops[1, 5, 7, 2] / 255 - IMAGENET_MEAN[2]) / IMAGENET_STD[2]
     assert out[1, 2, 5, 7] == pytest.approx(expected, rel=1e-5)
     assert preprocess.normalize_crops(crops[0]).shape == (1, 3, 224, 224)
+
+
+def test_prepare_crops_ignores_score_column_and_accepts_no_boxes():
+    image = skimage_data.astronaut()
+    crops, centres, scales = preprocess.prepare_crops(image, [[100, 50, 300, 420, 0.93]])
+    centre, scale = preprocess.box_to_center_scale([100, 50, 300, 420])
+    np.testing.assert_allclose(centres[0], centre)
+    np.testing.assert_array_equal(crops[0], preprocess.crop_image(image, centre, scale))
+    crops, centres, scales = preprocess.prepare_crops(image, [])
+    assert crops.shape == (0, 224, 224, 3) and centres.shape == (0, 2) and scales.shape == (0,)
+    with pytest.raises(FrameError):
+        preprocess.prepare_crops(image, [[1, 2, 3]])
