@@ -7,6 +7,8 @@ through these functions, so the rest of the add-on never checks versions. Featur
 detected (RNA properties), not version numbers, so point releases need no change here.
 """
 
+from __future__ import annotations
+
 from collections.abc import Iterator
 
 import bpy

@@ -14,6 +14,8 @@ detections 'BREAKDOWN', and a timeline marker opens each run of such frames.
 Blender frame = frame_offset + Motion.frame_indices (source frame 0 lands on frame 1).
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 import bpy

@@ -5,6 +5,8 @@ armature for the file's betas in the file's coordinate frame, optionally the ski
 and keys every frame. No UI context is needed beyond a scene to put things in.
 """
 
+from __future__ import annotations
+
 from os import PathLike
 from pathlib import Path
 

@@ -20,6 +20,8 @@ Frames (all rotations act on column vectors):
   G_j [I | -J_j]: bone heads are the SMPL-X joints and the skinned mesh is the SMPL-X mesh.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 import bpy
@@ -86,7 +88,7 @@ class RigFrame:
     world_frame: str
 
     @classmethod
-    def from_armature(cls, armature: bpy.types.Object) -> "RigFrame":
+    def from_armature(cls, armature: bpy.types.Object) -> RigFrame:
         """Read the frame of an armature made by build_armature (custom properties + bones)."""
         if armature is None or armature.type != "ARMATURE" or PROP_RIG not in armature:
             name = getattr(armature, "name", None)

@@ -20,6 +20,8 @@ prints it with ``-s``): 486 keys x V x 3 floats = 61 MB more in memory and in th
 close-ups; leave it off while animating.
 """
 
+from __future__ import annotations
+
 import bpy
 import numpy as np
 
