@@ -1,6 +1,6 @@
 """Keying speed: bulk foreach_set writing against a keyframe_insert loop, in one run.
 
-    python bench/bench_keyframes.py [--frames 10000] [--sample-frames 20]
+    python bench/bench_keyframes.py [--frames 10000] [--sample-frames 20] [--check-frames 1000]
 
 Keys `--frames` frames x 55 bones (quaternions, root location, confidence, flags) with
 keyframes.write_motion_keys; the whole call is timed (rotation conversion, continuity, keys,
@@ -11,8 +11,10 @@ too slow to run at 10 000 frames, so it is timed on `--sample-frames` frames and
 cost per call grows with the length of the F-curves it inserts into (each insert reallocates
 the curve and recalculates its handles), so the loop is sampled at several curve lengths
 (curves pre-filled in bulk to 0, 1/4, 1/2, 3/4 and all of the frames, prefill not timed) and
-the full loop estimated as frames x the mean per-frame cost over those lengths. The naive
-estimate, the first sample-frames on empty curves scaled linearly, is printed as a lower bound.
+the full loop estimated as frames x the mean per-frame cost over those lengths. To show the
+estimate is sound, the complete loop is also run at `--check-frames` frames and compared with
+the same estimate made at that length. The naive estimate, the first sample-frames on empty
+curves scaled linearly, is printed as a lower bound.
 """
 
 import argparse
@@ -77,23 +79,31 @@ def time_insert_loop(model: BodyModel, motion: Motion, prefill: int, frames: int
     return time.perf_counter() - start
 
 
+def estimate_insert_loop(model: BodyModel, motion: Motion, n: int, k: int):
+    """(curve lengths, seconds per frame at each, estimated seconds for n frames)."""
+    lengths = sorted({0, n // 4, n // 2, 3 * n // 4, n - k})
+    per_frame = np.array([time_insert_loop(model, motion, length, k) / k for length in lengths])
+    mean_per_frame = np.trapz(per_frame, lengths) / (lengths[-1] - lengths[0])
+    return lengths, per_frame, mean_per_frame * n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=10_000)
     parser.add_argument("--sample-frames", type=int, default=20)
+    parser.add_argument("--check-frames", type=int, default=1_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = BodyModel.load(write_synthetic_smplx_npz(Path(tmp) / "SMPLX_NEUTRAL.npz"))
-    n = args.frames
-    k = min(args.sample_frames, n)
-    motion = smooth_motion(n + k, np.zeros(11))
+    n, k, m = args.frames, min(args.sample_frames, args.frames), args.check_frames
+    motion = smooth_motion(max(n, m) + k, np.zeros(11))
     bulk = min(time_bulk(model, motion.slice(0, n)) for _ in range(3))
-
-    lengths = sorted({0, n // 4, n // 2, 3 * n // 4, n - k})
-    per_frame = np.array([time_insert_loop(model, motion, length, k) / k for length in lengths])
-    mean_per_frame = np.trapz(per_frame, lengths) / (lengths[-1] - lengths[0])
-    loop_estimate = mean_per_frame * n
+    lengths, per_frame, loop_estimate = estimate_insert_loop(model, motion, n, k)
     loop_naive = per_frame[0] * n
+
+    bulk_check = min(time_bulk(model, motion.slice(0, m)) for _ in range(3))
+    loop_check = time_insert_loop(model, motion, 0, m)
+    _, _, check_estimate = estimate_insert_loop(model, motion, m, k)
 
     keys = n * (55 * 4 + 3 + 2)
     calls = 55 + 1
@@ -106,6 +116,9 @@ def main() -> None:
           f"-> bulk is {loop_estimate / bulk:,.0f}x faster (target >= 40x)")
     print(f"  keyframe_insert loop, naive linear lower bound    {loop_naive:9.1f} s "
           f"-> bulk is {loop_naive / bulk:,.1f}x faster")
+    print(f"  check at {m} frames: full keyframe_insert loop {loop_check:.2f} s measured, "
+          f"{check_estimate:.2f} s estimated; bulk {bulk_check:.3f} s -> "
+          f"{loop_check / bulk_check:,.0f}x measured side by side")
 
 
 if __name__ == "__main__":
