@@ -9,8 +9,6 @@ Cancel button sets the job's cancel event; a cancelled sequence still keys the f
 finished.
 """
 
-from __future__ import annotations
-
 import bpy
 from bpy.props import (
     BoolProperty,
@@ -255,7 +253,7 @@ _TIMERS: list = []  # (window_manager, timer) held by running modal operators
 class _JobOperator:
     """Shared invoke/modal: start the worker, drain on TIMER, Esc cancels."""
 
-    _job: jobs.Job | None = None
+    _job = None  # jobs.Job, set by invoke()
     _timer = None
 
     def _settings(self, context):

@@ -1,7 +1,5 @@
 """The 3D Viewport sidebar tab "D-PoSE": image, sequence, progress and status."""
 
-from __future__ import annotations
-
 import bpy
 
 from . import jobs

@@ -7,8 +7,6 @@ visible before a job starts. The device line says what will really run (CUDA fal
 CPU when ONNX Runtime has no CUDA provider).
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import bpy
