@@ -41,7 +41,13 @@ def _ensure_slot(owner: bpy.types.ID, action: bpy.types.Action) -> bpy.types.Act
     anim = owner.animation_data
     slot = anim.action_slot
     if slot is None:
-        slot = next((s for s in action.slots if s.target_id_type == owner.id_type), None)
+        # Never borrow another object's slot of a shared action: reuse one by name only.
+        usable = (owner.id_type, "UNSPECIFIED")
+        slot = next(
+            (s for s in action.slots
+             if s.target_id_type in usable and s.name_display == owner.name),
+            None,
+        )
         if slot is None:
             slot = action.slots.new(id_type=owner.id_type, name=owner.name)
         # Re-assigning the slot that is already assigned crashes 4.5/5.0 on armatures:

@@ -214,3 +214,35 @@ def test_unreadable_motion_file_raises_motion_file_error(model, tmp_path):
     np.savez(bad, something=np.zeros(3))
     with pytest.raises(MotionFileError):
         motion_import.import_motion_file(bad, model)
+
+
+def test_keys_outside_the_range_survive_with_their_settings(model):
+    motion = _random_motion(10, n=5)
+    armature = rig.build_armature(model, motion.betas)
+    # The artist's own key, made the usual way, after the motion's range.
+    bone = armature.pose.bones["left_elbow"]
+    bone.rotation_quaternion = (0.0, 1.0, 0.0, 0.0)  # 180 degrees: other sign than the motion's
+    bone.keyframe_insert("rotation_quaternion", frame=50)
+    fcurve = anim_compat.find_fcurve(armature, keyframes.rotation_path("left_elbow"), 1)
+    fcurve.keyframe_points[0].type = "EXTREME"
+    fcurve.keyframe_points[0].interpolation = "CONSTANT"
+    keyframes.write_motion_keys(armature, motion)
+    keyframes.write_motion_keys(armature, motion)  # twice: still one copy of everything
+    points = anim_compat.find_fcurve(armature, keyframes.rotation_path("left_elbow"), 1)
+    points = points.keyframe_points
+    assert [p.co[0] for p in points] == [1, 2, 3, 4, 5, 50]
+    assert (points[5].type, points[5].interpolation) == ("EXTREME", "CONSTANT")
+    q = _bone_quaternions(armature, "left_elbow")
+    np.testing.assert_allclose(np.abs(q[5]), [0, 1, 0, 0], atol=1e-7)  # same rotation kept
+    assert np.all(np.sum(q[1:] * q[:-1], axis=1) >= 0)  # ... with the sign that continues
+
+
+def test_an_action_assigned_without_a_slot_is_keyed(model):
+    motion = _random_motion(11, n=3)
+    armature = rig.build_armature(model, motion.betas)
+    armature.animation_data_create()
+    armature.animation_data.action = bpy.data.actions.new("artist action")
+    keyframes.write_motion_keys(armature, motion)
+    assert armature.animation_data.action.name == "artist action"
+    back = keyframes.read_motion_keys(armature)
+    np.testing.assert_allclose(back.rotmats, motion.rotmats, atol=1e-6)
