@@ -33,6 +33,7 @@ PROP_FLAGS = "dpose_flags"
 PROP_FRAME_OFFSET = "dpose_frame_offset"
 PROP_GENDER = "dpose_gender"
 PROP_FPS = "dpose_fps"
+PROP_KEYED_RANGES = "dpose_keyed_ranges"
 MARKER_PREFIX = "D-PoSE: "
 DEFAULT_CONFIDENCE_THRESHOLD = 0.5
 _GROUP_ESTIMATE = "D-PoSE"
@@ -119,6 +120,7 @@ def write_motion_keys(
     armature[PROP_GENDER] = motion.gender
     armature[PROP_FPS] = float(motion.fps)
     first, last = int(frames.min()), int(frames.max())
+    _remember_range(armature, first, last)
     if mark_frames:
         _mark_runs(scene, frames, low, interpolated, first, last)
     if set_scene_timing:
@@ -162,6 +164,12 @@ def key_pose(
     _write(armature, rig, rotmats_rig, None if transl is None else transl_rig,
            np.array([float(frame)]), motion.confidence, motion.flags,
            np.array([keyframe_type_value(kind)], dtype=np.int32), f"{armature.name} motion")
+
+
+def keyed_ranges(armature: bpy.types.Object) -> list[tuple[int, int]]:
+    """Blender frame ranges [first, last] keyed by write_motion_keys so far (merged, sorted)."""
+    flat = [int(v) for v in armature.get(PROP_KEYED_RANGES, [])]
+    return list(zip(flat[0::2], flat[1::2], strict=True))
 
 
 def read_motion_keys(
@@ -216,6 +224,17 @@ def _keyed_fps(armature: bpy.types.Object, scene: bpy.types.Scene) -> float:
     rate = scene_fps(scene)
     keyed = armature.get(PROP_FPS)
     return float(keyed) if keyed is not None and abs(keyed - rate) < 1e-4 * rate else rate
+
+
+def _remember_range(armature: bpy.types.Object, first: int, last: int) -> None:
+    """Add [first, last] to the armature's keyed ranges, merging overlaps and neighbours."""
+    merged: list[list[int]] = []
+    for start, end in sorted([*keyed_ranges(armature), (first, last)]):
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    armature[PROP_KEYED_RANGES] = [v for pair in merged for v in pair]
 
 
 def _in_rig_frame(rig: RigFrame, motion: Motion) -> tuple[np.ndarray, np.ndarray]:

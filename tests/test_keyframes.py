@@ -110,13 +110,18 @@ def test_rerunning_a_range_replaces_its_keys(model):
     redo = _random_motion(3, n=2, frame_indices=[3, 6], betas=motion.betas)
     result = keyframes.write_motion_keys(armature, redo)
     assert (result.first_frame, result.last_frame) == (4, 7)
-    expected_frames = [1, 2, 3, 4, 7, 8, 9, 10]
+    assert keyframes.keyed_ranges(armature) == [(1, 10)]
+    keyframes.write_motion_keys(armature, redo.replace(frame_indices=[20, 22]))
+    assert keyframes.keyed_ranges(armature) == [(1, 10), (21, 23)]
+    keyframes.write_motion_keys(armature, redo.replace(frame_indices=[20, 22]))  # again: same
+    assert keyframes.keyed_ranges(armature) == [(1, 10), (21, 23)]
+    expected_frames = [1, 2, 3, 4, 7, 8, 9, 10, 21, 23]
     for bone in ("pelvis", "left_wrist"):
         frames = _keys(armature, keyframes.rotation_path(bone), 0)[:, 0]
         np.testing.assert_array_equal(frames, expected_frames)  # no duplicates, no leftovers
     back = keyframes.read_motion_keys(armature)
     np.testing.assert_array_equal(back.frame_indices, np.array(expected_frames) - 1)
-    expected = motion.rotmats[[0, 1, 2, 3, 6, 7, 8, 9]].copy()
+    expected = np.concatenate([motion.rotmats[[0, 1, 2, 3, 6, 7, 8, 9]], redo.rotmats])
     expected[[3, 4]] = redo.rotmats
     np.testing.assert_allclose(back.rotmats, expected, atol=1e-6)
     np.testing.assert_allclose(back.transl[[3, 4]], redo.transl, atol=1e-6)
