@@ -108,3 +108,13 @@ def test_non_rig_objects_are_refused_with_a_typed_error():
     armature = bpy.data.objects.new("plain", bpy.data.armatures.new("plain"))
     with pytest.raises(DPoseError, match="not a D-PoSE SMPL-X armature"):
         rig.RigFrame.from_armature(armature)
+
+
+def test_motion_in_another_frame_is_converted_onto_the_rig(model, body_model_npz):
+    """A Z-up (AMASS-style) motion keyed onto a camera-frame rig lands where it belongs."""
+    motion = _random_motion(seed=13, n=2, frame=FRAME_WORLD_Z_UP)
+    armature = rig.build_armature(model, motion.betas)  # camera-frame rig
+    keyframes.write_motion_keys(armature, motion)
+    _, joints = smplx_reference(body_model_npz, motion.rotmats, motion.betas, motion.transl)
+    for i in range(len(motion)):
+        np.testing.assert_allclose(_posed_heads(armature, frame=1 + i), joints[i], atol=1e-5)
