@@ -1,5 +1,6 @@
 """Motion -> keyframes: bulk writing, continuity, range replacement, marks, read-back, import."""
 
+import bpy
 import numpy as np
 import pytest
 
@@ -13,7 +14,6 @@ from tests.blender_support import import_blender_module, smplx_reference
 
 pytestmark = pytest.mark.blender
 
-bpy = pytest.importorskip("bpy")
 anim_compat = import_blender_module("anim_compat")
 rig = import_blender_module("rig")
 keyframes = import_blender_module("keyframes")

@@ -1,5 +1,6 @@
 """The SMPL-X armature: names, rest pose, frames, and exact joint positions against smplx."""
 
+import bpy
 import numpy as np
 import pytest
 
@@ -13,7 +14,6 @@ from tests.blender_support import import_blender_module, smplx_reference
 
 pytestmark = pytest.mark.blender
 
-bpy = pytest.importorskip("bpy")
 rig = import_blender_module("rig")
 keyframes = import_blender_module("keyframes")
 

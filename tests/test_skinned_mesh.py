@@ -2,6 +2,7 @@
 
 import time
 
+import bpy
 import numpy as np
 import pytest
 
@@ -16,7 +17,6 @@ from tests.synth_body import write_synthetic_smplx_npz
 
 pytestmark = pytest.mark.blender
 
-bpy = pytest.importorskip("bpy")
 rig = import_blender_module("rig")
 keyframes = import_blender_module("keyframes")
 skinned_mesh = import_blender_module("skinned_mesh")
