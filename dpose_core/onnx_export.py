@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def _export_to(net: DPoseNet, target, opset: int) -> None:
     images = torch.randn(_EXAMPLE_BATCH, 3, 224, 224, generator=gen)
     bbox = torch.randn(_EXAMPLE_BATCH, 3, generator=gen)
     names = list(INPUT_NAMES) + list(OUTPUT_NAMES)
-    with torch.no_grad():
+    # The TorchScript exporter is deprecated but is the one that keeps state-dict names.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             net,
             (images, bbox),
