@@ -208,13 +208,27 @@ def build_runtime_model(
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = cache_dir / checkpoint_hash(checkpoint_path)[:16]
     digest = _template_digest(template_path)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     if arrays is None:
         arrays = load_checkpoint_arrays(checkpoint_path)
+    try:
+        return _build_into(final, arrays, digest, checkpoint_path, cache_dir, template_path)
+    except OSError as exc:
+        raise DPoseError(
+            f"Cannot write the ONNX model cache in {cache_dir} ({exc.strerror or exc}); it needs "
+            "about 330 MB. Set DPOSE_CACHE to a writable folder with enough space."
+        ) from exc
+
+
+def _build_into(final, arrays, digest, checkpoint_path, cache_dir, template_path) -> Path:
+    """Write the model in a temporary folder next to `final`, then rename it into place."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".build-"))
     try:
         write_runtime_model(arrays, tmp, template_path)
         (tmp / _STAMP_FILE).write_text(digest)
+        finished = cached_runtime_model(checkpoint_path, cache_dir, template_path)
+        if finished is not None:  # a concurrent build finished first: use it
+            return finished
         if final.exists():  # stale entry (older template): move aside, then replace
             trash = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".stale-"))
             os.replace(final, trash / "old")

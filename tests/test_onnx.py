@@ -185,3 +185,12 @@ def test_wrong_weight_shape_is_a_checkpoint_error(tmp_path):
         onnx_model.write_weights(arrays, tmp_path / "w.bin", layout)
     with pytest.raises(CheckpointError, match="lacks"):
         onnx_model.write_weights({}, tmp_path / "w.bin", layout)
+
+
+def test_unwritable_cache_is_a_clear_error(checkpoint_path, tmp_path):
+    from dpose_core.errors import DPoseError
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(DPoseError, match="DPOSE_CACHE"):
+        onnx_model.build_runtime_model(checkpoint_path, blocker / "cache")
