@@ -22,6 +22,7 @@ import bpy
 import numpy as np
 
 from ..dpose_core.coords import frame_to_blender
+from ..dpose_core.errors import MotionFileError
 from ..dpose_core.motion import FLAG_INTERPOLATED, FLAG_LOW_CONFIDENCE, Motion
 from ..dpose_core.rotations import make_quaternions_continuous
 from ..dpose_core.skeleton import JOINT_NAMES, NUM_JOINTS
@@ -262,7 +263,7 @@ def _write(
 ) -> None:
     """Replace keys in [min(frames), max(frames)] of every channel with these frames."""
     if len(frames) == 0:
-        raise ValueError("the motion has no frames to key")
+        raise MotionFileError("The motion has no frames to key; estimate or load a longer one.")
     order = np.argsort(frames, kind="stable")
     frames, key_types = frames[order], key_types[order]
     rotmats, confidence, flags = rotmats[order], confidence[order], flags[order]

@@ -251,3 +251,11 @@ def test_an_action_assigned_without_a_slot_is_keyed(model):
     assert armature.animation_data.action.name == "artist action"
     back = keyframes.read_motion_keys(armature)
     np.testing.assert_allclose(back.rotmats, motion.rotmats, atol=1e-6)
+
+
+def test_an_empty_motion_is_refused_with_a_typed_error(model):
+    armature = rig.build_armature(model, np.zeros(11))
+    empty = Motion(rotmats=np.zeros((0, 55, 3, 3)), transl=np.zeros((0, 3)),
+                   betas=np.zeros(11), fps=30)
+    with pytest.raises(MotionFileError, match="no frames"):
+        keyframes.write_motion_keys(armature, empty)
