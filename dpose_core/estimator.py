@@ -113,7 +113,12 @@ def physical_cores() -> int | None:
         )
         if "core id" in fields_:
             cores.add((fields_.get("physical id"), fields_["core id"]))
-    return len(cores) or None
+    if not cores:
+        return None
+    try:  # a container may be allowed fewer CPUs than the host has
+        return max(1, min(len(cores), len(os.sched_getaffinity(0))))
+    except (AttributeError, OSError):
+        return len(cores)
 
 
 class _OnnxRunner:
