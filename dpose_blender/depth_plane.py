@@ -146,7 +146,8 @@ def footage_material(image, name: str = "D-PoSE Footage", *, frame_start: int = 
     import bpy
 
     mat = bpy.data.materials.new(name)
-    mat.use_nodes = True
+    if bpy.app.version < (5, 0, 0):  # 5.0+: materials always have a node tree
+        mat.use_nodes = True
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     nodes.clear()
     tex = nodes.new("ShaderNodeTexImage")

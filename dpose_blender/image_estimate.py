@@ -80,16 +80,19 @@ def select_people(boxes: np.ndarray, person: str | int) -> np.ndarray:
     return order[index : index + 1]
 
 
-def find_people(estimator, image: np.ndarray) -> np.ndarray:
-    """Person boxes (K,4) xyxy from the core's person finder; the whole image if it finds none."""
+def person_boxes(estimator, image: np.ndarray, focal_px=None) -> np.ndarray:
+    """Person boxes (K,4) xyxy from the core's person finder; the whole image if it finds none.
+
+    The finder ("auto": the network's own part segmentation refined from OpenCV proposals)
+    needs no downloaded detector.
+    """
     from ..dpose_core import localise
 
-    found = np.asarray(localise.find_people(estimator, image), dtype=np.float64)
-    boxes = found.reshape(-1, found.shape[-1] if found.size else 4)[:, :4]
-    if len(boxes) == 0:
+    found = localise.make_finder(estimator, "auto", focal_px=focal_px).find(image)
+    if not found:
         h, w = image.shape[:2]
-        boxes = np.array([[0.0, 0.0, float(w), float(h)]])
-    return boxes
+        return np.array([[0.0, 0.0, float(w), float(h)]])
+    return np.stack([np.asarray(d.box, dtype=np.float64)[:4] for d in found])
 
 
 def estimate_image(settings: ImageSettings, *, estimator=None, progress=None,
@@ -110,10 +113,10 @@ def estimate_image(settings: ImageSettings, *, estimator=None, progress=None,
                                    body_model=settings.body_model, cache_dir=settings.cache_dir)
     if progress is not None:
         progress(0, 1, "finding people")
-    boxes = find_people(estimator, image)
-    chosen = boxes[select_people(boxes, settings.person)]
     focal = None if settings.fov_deg is None else scene_camera.focal_from_fov((w, h),
                                                                               settings.fov_deg)
+    boxes = person_boxes(estimator, image, focal)
+    chosen = boxes[select_people(boxes, settings.person)]
     if progress is not None:
         progress(0, 1, f"estimating {len(chosen)} person(s)")
     estimate = estimator.estimate(image, chosen, focal_px=focal)

@@ -211,7 +211,7 @@ def test_image_operator_creates_rigs_camera_and_depth_plane(ext, image_file):
     estimator = ext.sequence_job.load_estimator(
         bpy.context.preferences.addons[EXT].preferences.checkpoint_path, device="cpu",
         cache_dir=bpy.context.preferences.addons[EXT].preferences.cache_dir)
-    n_people = len(ext.image_estimate.find_people(estimator, read_image(image_file)))
+    n_people = len(ext.image_estimate.person_boxes(estimator, read_image(image_file)))
     rigs = _rigs()
     assert len(rigs) == n_people >= 1
     for rig in rigs:
