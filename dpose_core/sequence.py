@@ -1,0 +1,311 @@
+"""Video / image-folder to clean per-person motion: the engine behind the CLI, panel and farm.
+
+estimate_sequence streams frames (frames.py), finds people (localise.py), gives them stable
+ids (tracking.py), runs the network once per person and frame, and at the end turns each
+track into a `Motion`: gaps and low-confidence frames filled by slerp and flagged, one body
+shape, One-Euro smoothing (smoothing.py). Only compact per-frame numbers are kept (about
+1 kB per person-frame), never images or network maps, so memory stays flat on long clips.
+It is built to run in a worker thread: `cancel` (threading.Event) stops it between frames and
+the frames done so far are returned; frame failures are reported, not raised.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DPoseError, NoPersonError
+from .frames import FrameSource, open_frames
+from .localise import Detection, PersonFinder, crop_evidence, make_finder
+from .motion import FLAG_INTERPOLATED, FLAG_LOW_CONFIDENCE, Motion
+from .smoothing import fill_gaps, robust_mean_betas, smooth_rotations, smooth_translation
+from .tracking import Tracker
+
+DEFAULT_LOW_CONFIDENCE = 0.3
+
+
+@dataclass
+class PersonResult:
+    """One person in one frame: track id, box (xyxy px), confidence in [0,1], finder name."""
+
+    track_id: int
+    box: np.ndarray
+    confidence: float
+    source: str
+
+
+@dataclass
+class FrameResult:
+    """What happened on one frame (passed to `on_frame`); error is set when it failed."""
+
+    index: int
+    time_s: float
+    people: list[PersonResult] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class FrameFailure:
+    index: int
+    message: str
+
+
+class SequenceResult(dict):
+    """track id -> Motion, plus what the run saw: failures, frames processed, cancelled."""
+
+    def __init__(self):
+        super().__init__()
+        self.failures: list[FrameFailure] = []
+        self.frames_processed = 0
+        self.cancelled = False
+        self.fps = 0.0
+        self.track_lengths: dict[int, int] = {}
+
+
+class _TrackBuffer:
+    """Per-frame numbers of one track, in compact float32 lists (no images, no maps)."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.rotmats: list[np.ndarray] = []
+        self.cam_t: list[np.ndarray] = []
+        self.betas: list[np.ndarray] = []
+        self.confidence: list[float] = []
+        self.boxes: list[np.ndarray] = []
+        self.focal: list[np.ndarray] = []
+        self.principal: list[np.ndarray] = []
+        self.image_size: np.ndarray | None = None
+
+    def add(self, step: int, estimate, row: int, box: np.ndarray, confidence: float) -> None:
+        if self.steps and self.steps[-1] == step:  # two boxes of one frame on one track
+            if confidence <= self.confidence[-1]:
+                return
+            for name in ("steps", "rotmats", "cam_t", "betas", "confidence", "boxes", "focal",
+                         "principal"):
+                getattr(self, name).pop()
+        self.steps.append(step)
+        self.rotmats.append(np.asarray(estimate.rotmats[row], np.float32))
+        self.cam_t.append(np.asarray(estimate.cam_t[row], np.float32))
+        self.betas.append(np.asarray(estimate.betas[row], np.float32))
+        self.confidence.append(float(confidence))
+        self.boxes.append(np.asarray(box, np.float32))
+        self.focal.append(np.asarray(estimate.focal_px[row], np.float32))
+        self.principal.append(np.asarray(estimate.principal_point[row], np.float32))
+        if self.image_size is None:
+            self.image_size = np.asarray(estimate.image_size[row], np.float64)
+
+
+def _person_confidence(det: Detection, estimate, row: int) -> float:
+    """Finder's confidence combined with the network's own evidence for the box."""
+    if det.estimate is not None:  # segmentation finder: already evidence from this estimate
+        return float(det.confidence)
+    return float(np.sqrt(max(det.confidence, 0.0) * crop_evidence(estimate, row, det.box)))
+
+
+def _build_motion(buf: _TrackBuffer, step_index: np.ndarray, fps: float, smooth: float,
+                  low_confidence: float) -> Motion:
+    steps = np.asarray(buf.steps)
+    first, last = steps[0], steps[-1]
+    n = last - first + 1
+    pos = steps - first
+    observed = np.zeros(n, bool)
+    observed[pos] = True
+    conf = np.zeros(n)
+    conf[pos] = buf.confidence
+    rot = np.broadcast_to(np.eye(3), (n, 22, 3, 3)).copy()
+    rot[pos] = np.stack(buf.rotmats)
+    transl = np.zeros((n, 3))
+    transl[pos] = np.stack(buf.cam_t)
+    good = observed & (conf >= low_confidence)
+    if not good.any():
+        good = observed
+    flags = np.zeros(n, np.uint8)
+    flags[~observed] |= FLAG_INTERPOLATED
+    low = observed & ~good
+    flags[low] |= FLAG_LOW_CONFIDENCE | FLAG_INTERPOLATED
+    rot, transl = fill_gaps(rot, transl, good)
+
+    def interp(values: list[np.ndarray]) -> np.ndarray:
+        arr = np.stack(values).astype(np.float64)
+        return np.stack([np.interp(np.arange(n), pos, arr[:, k]) for k in range(arr.shape[1])],
+                        axis=1)
+
+    frame_indices = step_index[first:last + 1]
+    times = frame_indices / fps
+    rot = smooth_rotations(rot, times, smooth)
+    transl = smooth_translation(transl, times, smooth)
+    good_obs = good[pos]
+    betas = robust_mean_betas(np.stack(buf.betas)[good_obs],
+                              np.asarray(buf.confidence)[good_obs])
+    return Motion.from_predictions(
+        rot, transl, betas, fps, confidence=conf, frame_indices=frame_indices,
+        boxes=interp(buf.boxes), focal_px=interp(buf.focal),
+        principal_point=interp(buf.principal), image_size=buf.image_size, flags=flags)
+
+
+def estimate_sequence(
+    source: str | Path | FrameSource,
+    estimator,
+    *,
+    finder: PersonFinder | None = None,
+    person: str | int = "all",
+    smooth: float = 1.0,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+    on_frame: Callable[[FrameResult], None] | None = None,
+    start: int = 0,
+    end: int | None = None,
+    stride: int = 1,
+    fps: float | None = None,
+    focal_px=None,
+    max_gap: int = 15,
+    min_track_frames: int = 3,
+    low_confidence: float = DEFAULT_LOW_CONFIDENCE,
+) -> SequenceResult:
+    """Estimate every person's motion over a video, image folder or FrameSource.
+
+    finder: how people are found (default `make_finder(estimator, "auto")`: segmentation
+    refinement with OpenCV proposals). person: "all", or the number of one track (tracks are
+    numbered 0, 1, ... by first appearance after dropping tracks shorter than
+    `min_track_frames`). smooth: One-Euro strength (0 = off). progress(done, total) after
+    each frame (total 0 when unknown). cancel: set it to stop after the current frame; the
+    frames done so far are returned. on_frame(FrameResult) after each frame, failed ones too.
+    max_gap: frames a person may vanish (occlusion) and keep the id. Frames whose confidence
+    is below `low_confidence` are replaced by interpolation and flagged.
+    Returns a SequenceResult (dict track id -> Motion) with .failures, .frames_processed,
+    .cancelled; frame errors are reported there, never raised.
+    """
+    frames = open_frames(source, start=start, end=end, stride=stride, fps=fps)
+    if finder is None:
+        finder = make_finder(estimator, "auto", focal_px=focal_px)
+    if person != "all":
+        try:
+            person = int(person)
+        except (TypeError, ValueError) as exc:
+            raise DPoseError(f"person must be 'all' or a track number, got {person!r}.") from exc
+    tracker = Tracker(max_gap=max_gap)
+    buffers: dict[int, _TrackBuffer] = {}
+    step_index: list[int] = []
+    result = SequenceResult()
+    result.fps = frames.fps
+    total = len(frames)
+    for step, record in enumerate(frames):
+        if cancel is not None and cancel.is_set():
+            result.cancelled = True
+            break
+        step_index.append(record.index)
+        frame = FrameResult(record.index, record.time_s)
+        if not record.ok:
+            frame.error = record.error
+        else:
+            try:
+                frame.people = _process_frame(record.image, step, estimator, finder, tracker,
+                                              buffers, focal_px)
+            except Exception as exc:  # one bad frame must not end a long job: report it
+                frame.error = f"Frame {record.index}: {type(exc).__name__}: {exc}"
+        if frame.error is not None:
+            result.failures.append(FrameFailure(record.index, frame.error))
+        result.frames_processed += 1
+        if on_frame is not None:
+            on_frame(frame)
+        if progress is not None:
+            progress(result.frames_processed, total)
+    if cancel is not None and cancel.is_set():
+        result.cancelled = True
+
+    indices = np.asarray(step_index, dtype=np.int64)
+    kept = [(tid, buf) for tid, buf in buffers.items() if len(buf.steps) >= min_track_frames]
+    kept.sort(key=lambda item: (item[1].steps[0], item[0]))
+    for number, (_, buf) in enumerate(kept):
+        result.track_lengths[number] = len(buf.steps)
+        if person != "all" and number != person:
+            continue
+        result[number] = _build_motion(buf, indices, frames.fps, smooth, low_confidence)
+    if person != "all" and person not in result and not result.cancelled:
+        raise NoPersonError(f"Track {person} does not exist: {len(kept)} person track(s) were "
+                            f"found (numbered 0 to {len(kept) - 1}). Use --person all to see "
+                            "them all.")
+    return result
+
+
+def _process_frame(image, step, estimator, finder, tracker, buffers, focal_px
+                   ) -> list[PersonResult]:
+    hints = list(tracker.predicted_boxes(step).values())
+    detections = finder.find(image, hints)
+    if not detections:
+        tracker.update(step, np.zeros((0, 4)))
+        return []
+    ids = tracker.update(step, np.stack([d.box for d in detections]))
+    need = [k for k, d in enumerate(detections) if d.estimate is None]
+    if need:
+        est = estimator.estimate(image, np.stack([detections[k].box for k in need]),
+                                 focal_px=focal_px)
+        for row, k in enumerate(need):
+            detections[k].estimate, detections[k].row = est, row
+    people = []
+    for det, tid in zip(detections, ids, strict=True):
+        conf = _person_confidence(det, det.estimate, det.row)
+        buffers.setdefault(tid, _TrackBuffer()).add(step, det.estimate, det.row, det.box, conf)
+        people.append(PersonResult(tid, np.asarray(det.box, float), conf, det.source))
+    return people
+
+
+def track_output_paths(output: str | Path, track_ids: list[int]) -> dict[int, Path]:
+    """motion.npz for one exported track; motion_track0.npz, motion_track1.npz ... for several."""
+    output = Path(output)
+    if len(track_ids) == 1:
+        return {track_ids[0]: output}
+    return {tid: output.with_name(f"{output.stem}_track{tid}{output.suffix}")
+            for tid in track_ids}
+
+
+def run_cli(args) -> int:
+    """`dpose estimate VIDEO|FOLDER -o motion.npz [--person all|N] [--smooth S]`."""
+    from .estimator import Estimator
+    from .motion_io import save_motion_npz
+
+    if len(args.inputs) != 1:
+        raise DPoseError("Give one video or image folder at a time (got "
+                         f"{len(args.inputs)} inputs).")
+    if not args.output or Path(args.output).suffix.lower() != ".npz":
+        raise DPoseError("Video and folder inputs write a motion file: pass -o motion.npz.")
+    boxes = args.bbox
+    if isinstance(boxes, str):
+        boxes = [[float(v) for v in boxes.split(",")]]
+    if boxes and len(boxes) > 1:
+        raise DPoseError("A video takes at most one --bbox (the person to follow).")
+    frames = open_frames(args.inputs[0], start=args.start or 0, end=args.end,
+                         stride=args.stride or 1, fps=args.fps)
+    estimator = Estimator(args.checkpoint, backend=args.backend, device=args.device,
+                          max_batch=getattr(args, "batch", 8) or 8)
+    focal = getattr(args, "focal", None)
+    finder = make_finder(estimator, "auto", bbox=boxes[0] if boxes else None, focal_px=focal)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(frames) or None, unit="frame", desc="dpose", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        result = estimate_sequence(frames, estimator, finder=finder, person=args.person,
+                                   smooth=args.smooth, progress=progress, focal_px=focal)
+    finally:
+        bar.close()
+    for failure in result.failures:
+        print(f"dpose: skipped: {failure.message}", file=sys.stderr)
+    if not result:
+        raise NoPersonError(f"Nobody was found in {args.inputs[0]} "
+                            f"({result.frames_processed} frames). Pass --bbox x0,y0,x1,y1 to "
+                            "say where the person is.")
+    paths = track_output_paths(args.output, sorted(result))
+    for tid, path in paths.items():
+        motion = result[tid]
+        save_motion_npz(path, motion)
+        print(f"dpose: track {tid}: {len(motion)} frames -> {path}")
+    return 0
