@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=int, default=None, help="stop before this source frame")
     p.add_argument("--stride", type=int, default=1, help="use every N-th frame")
     p.add_argument("--person", default="all", help="'all', 'largest' or a track number")
+    p.add_argument("--bbox", type=_parse_box, default=None, metavar="X0,Y0,X1,Y1",
+                   help="the person's box in pixels on every frame (default: find people)")
     p.add_argument("--smooth", type=float, default=0.5, help="smoothing strength 0 (off) to 1")
     p.add_argument("--fov", type=float, default=None,
                    help="field of view in degrees across the longer image side (default: the "
@@ -69,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mesh", action="store_true", help="add the skinned SMPL-X mesh")
     p.add_argument("--depth-plane", action="store_true", help="add the depth relief")
     return p
+
+
+def _parse_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        x0, y0, x1, y1 = (float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected X0,Y0,X1,Y1 in pixels, got {text!r}") from exc
+    if not (x1 > x0 and y1 > y0):
+        raise argparse.ArgumentTypeError(f"need X0 < X1 and Y0 < Y1, got {text!r}")
+    return x0, y0, x1, y1
 
 
 def _check_writable(path: str, what: str) -> Path:

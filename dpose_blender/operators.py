@@ -56,6 +56,11 @@ class DPOSE_PG_settings(bpy.types.PropertyGroup):
         name="Key Selected Rig", default=False,
         description="Key the pose onto the selected D-PoSE rig at the current frame instead "
                     "of creating a new rig")
+    use_box: BoolProperty(name="Person Box", default=False,
+                          description="Use this box (pixels) on every frame instead of "
+                                      "finding people")
+    box: bpy.props.IntVectorProperty(name="Box", size=4, min=0, default=(0, 0, 100, 200),
+                                     description="x0, y0, x1, y1 in image pixels (y down)")
     frame_first: IntProperty(name="First", min=0, default=0, description="First source frame")
     frame_last: IntProperty(name="Last", min=-1, default=-1,
                             description="Last source frame (-1: to the end)")
@@ -140,6 +145,7 @@ def sequence_settings(context):
         add_depth_plane=s.add_depth_plane,
         depth_scale=s.depth_scale,
         frame_start=context.scene.frame_start,
+        bbox=tuple(s.box) if s.use_box else None,
         **estimator_options(context),
     )
 

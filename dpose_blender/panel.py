@@ -99,6 +99,11 @@ class DPOSE_PT_sequence(bpy.types.Panel):
         row.prop(s, "frame_last")
         layout.prop(s, "stride")
         layout.prop(s, "smooth", slider=True)
+        row = layout.row(align=True)
+        row.prop(s, "use_box", text="")
+        sub = row.row(align=True)
+        sub.enabled = s.use_box
+        sub.prop(s, "box", text="")
         col = layout.column()
         col.enabled = jobs.active_job() is None or jobs.active_job().finished
         col.operator("dpose.estimate_sequence", icon="RENDER_ANIMATION")

@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from . import jobs
 
 
@@ -32,6 +34,7 @@ class SequenceSettings:
     add_camera: bool = True
     add_depth_plane: bool = False
     depth_scale: float = 0.5
+    bbox: tuple | None = None  # a person box (xyxy px) drawn by the user, every frame
     frame_start: int = 1  # Blender frame of source frame 0
     checkpoint: str | None = None
     device: str = "auto"
@@ -45,7 +48,7 @@ class SequenceSettings:
         return cls(
             source=args.input, start=args.start, end=args.end, stride=args.stride,
             person=person, smooth=args.smooth, fov_deg=args.fov, add_mesh=args.mesh,
-            add_depth_plane=args.depth_plane, frame_start=args.frame_start,
+            add_depth_plane=args.depth_plane, frame_start=args.frame_start, bbox=args.bbox,
             checkpoint=args.checkpoint, device=args.device, body_model=args.body_model,
             cache_dir=args.cache_dir,
         )
@@ -56,7 +59,7 @@ class SequenceSettings:
 
 
 @dataclass
-class SequenceResult:
+class SequenceJobResult:
     motions: dict  # track id -> Motion (processed frames only)
     reliefs: dict = field(default_factory=dict)  # track id -> list[(frame index, relief)]
     failures: list = field(default_factory=list)  # one line per skipped frame
@@ -101,15 +104,77 @@ def load_estimator(checkpoint, *, device: str = "auto", body_model=None, cache_d
 
 
 # ------------------------------------------------------------------------------ worker side
+class _RecordingFinder:
+    """Wraps the core's person finder and keeps the last frame's detections.
+
+    ``estimate_sequence`` fills each returned Detection's ``estimate``/``row`` before it calls
+    ``on_frame`` (same objects, same order as ``FrameResult.people``), so the depth maps of
+    every person can be kept without running the network again.
+    """
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.last: list = []
+
+    def find(self, image, hints=()):
+        self.last = list(self.inner.find(image, hints))
+        return self.last
+
+
+def _focal_for(settings: SequenceSettings, source):
+    """None (the image diagonal) or the focal length of the user's field of view."""
+    if settings.fov_deg is None:
+        return None
+    from . import scene_camera
+
+    for record in source:  # the first readable frame gives the image size
+        if record.ok:
+            h, w = record.image.shape[:2]
+            return scene_camera.focal_from_fov((w, h), settings.fov_deg)
+    return None
+
+
+def _largest_track(motions: dict) -> dict:
+    """Keep the track whose median box is the largest (the panel's "Largest" choice)."""
+    if len(motions) <= 1:
+        return dict(motions)
+
+    def area(m):
+        if m.boxes is None:
+            return 0.0
+        sides = m.boxes[:, 2:] - m.boxes[:, :2]
+        return float(np.median(sides[:, 0] * sides[:, 1]))
+
+    track = max(motions, key=lambda t: area(motions[t]))
+    return {track: motions[track]}
+
+
+def _match_tracks(motions: dict, observed: dict) -> dict:
+    """Map the core's final track numbers to the tracker ids seen in ``on_frame``.
+
+    Each motion keeps the box of every observed frame; the tracker id whose recorded box at the
+    motion's first frame is nearest is the same person.
+    """
+    mapping = {}
+    for number, motion in motions.items():
+        if motion.boxes is None:
+            continue
+        frame = int(motion.frame_indices[0])
+        candidates = [(np.abs(box - motion.boxes[0]).sum(), tid)
+                      for (tid, f), box in observed.items() if f == frame]
+        if candidates:
+            mapping[number] = min(candidates)[1]
+    return mapping
+
+
 def run_sequence(estimator, settings: SequenceSettings, *, progress=None, cancel=None,
-                 warn=None, keep_relief: bool | None = None) -> SequenceResult:
+                 warn=None, keep_relief: bool | None = None) -> SequenceJobResult:
     """Worker-safe: estimate every frame; returns processed frames even when cancelled.
 
-    progress(jobs.Progress) is called after every batch; warn(text) once per skipped frame.
+    progress(jobs.Progress) is called after every frame; warn(text) once per skipped frame.
     """
-    from ..dpose_core import frames, sequence
+    from ..dpose_core import frames, localise, sequence
     from ..dpose_core.checkpoint import checkpoint_hash
-    from ..dpose_core.errors import CancelledError
     from . import depth_plane
 
     keep_relief = settings.add_depth_plane if keep_relief is None else keep_relief
@@ -117,52 +182,62 @@ def run_sequence(estimator, settings: SequenceSettings, *, progress=None, cancel
     source = frames.open_frames(settings.source, start=settings.start, end=settings.end,
                                 stride=settings.stride)
     state = jobs.Progress(total=len(source))
-    result = SequenceResult(motions={}, source=str(Path(settings.source).resolve()),
-                            source_kind=source.kind, fps=source.fps,
-                            frames_total=len(source),
-                            checkpoint_sha256=checkpoint_hash(estimator.checkpoint_path))
+    result = SequenceJobResult(motions={}, source=str(Path(settings.source).resolve()),
+                               source_kind=source.kind, fps=source.fps,
+                               frames_total=len(source),
+                               checkpoint_sha256=checkpoint_hash(estimator.checkpoint_path))
+    focal = _focal_for(settings, source)
+    inner = (localise.ManualBoxFinder(settings.bbox) if settings.bbox is not None
+             else localise.make_finder(estimator, "auto", focal_px=focal))
+    finder = _RecordingFinder(inner)
+    reliefs: dict = {}  # (tracker id, frame index) -> relief
+    observed: dict = {}  # (tracker id, frame index) -> box
 
-    def on_progress(done, total=None, *_):
+    def on_progress(done: int, total: int) -> None:
         state.done = int(done)
         if total:
             state.total = int(total)
         if progress is not None:
             progress(state)
 
-    def on_frame(frame_result) -> None:
-        error = getattr(frame_result, "error", None)
-        if error:
-            text = f"frame {frame_result.index}: {error}"
+    def on_frame(frame) -> None:
+        if frame.error:
+            text = f"frame {frame.index} skipped: {frame.error}"
             result.failures.append(text)
             if warn is not None:
                 warn(text)
             return
-        if keep_relief:
-            est = frame_result.estimate
-            for k, track in enumerate(frame_result.track_ids):
-                relief = depth_plane.relief_frame_from_estimate(est, k)
-                result.reliefs.setdefault(int(track), []).append((frame_result.index, relief))
+        for person, det in zip(frame.people, finder.last, strict=False):
+            observed[(person.track_id, frame.index)] = np.asarray(person.box, np.float64)
+            if keep_relief and det.estimate is not None:
+                reliefs[(person.track_id, frame.index)] = (
+                    depth_plane.relief_frame_from_estimate(det.estimate, det.row))
 
     started = time.perf_counter()
-    try:
-        motions = sequence.estimate_sequence(
-            source, estimator, person=settings.person, smooth=settings.smooth,
-            focal_fov_deg=settings.fov_deg, progress=on_progress, cancel=cancel,
-            on_frame=on_frame,
-        )
-    except CancelledError as exc:
-        motions = getattr(exc, "partial", None) or {}
-        result.cancelled = True
+    person = "all" if settings.person in ("all", "largest") else int(settings.person)
+    motions = sequence.estimate_sequence(
+        source, estimator, finder=finder, person=person, smooth=settings.smooth,
+        progress=on_progress, cancel=cancel, on_frame=on_frame, focal_px=focal,
+        # A drawn box means the user knows there is a person: keep even a one-frame track
+        # (e.g. a job cancelled early); found people need 3 frames to count as a track.
+        min_track_frames=1 if settings.bbox is not None else min(3, max(1, len(source))),
+    )
     result.seconds = time.perf_counter() - started
-    result.cancelled = result.cancelled or cancel.is_set()
-    result.motions = {int(k): m for k, m in motions.items() if len(m)}
-    result.frames_done = max((len(m) for m in result.motions.values()), default=0)
-    result.frames_done = max(result.frames_done, state.done)
+    result.cancelled = bool(motions.cancelled or cancel.is_set())
+    result.frames_done = motions.frames_processed
+    kept = {int(k): m for k, m in motions.items() if len(m)}
+    if settings.person == "largest":
+        kept = _largest_track(kept)
+    result.motions = kept
+    for number, tid in _match_tracks(kept, observed).items():
+        result.reliefs[number] = sorted(
+            ((f, r) for (t, f), r in reliefs.items() if t == tid), key=lambda item: item[0]
+        )
     return result
 
 
 # ------------------------------------------------------------------------------ main thread
-def apply_sequence_result(scene, result: SequenceResult, settings: SequenceSettings, *,
+def apply_sequence_result(scene, result: SequenceJobResult, settings: SequenceSettings, *,
                           estimator) -> list:
     """Rigs keyed with the processed frames, the camera and footage, the relief; returns them."""
     import bpy
@@ -215,13 +290,13 @@ def apply_sequence_result(scene, result: SequenceResult, settings: SequenceSetti
     return created
 
 
-def _source_length(result: SequenceResult, settings: SequenceSettings) -> int:
+def _source_length(result: SequenceJobResult, settings: SequenceSettings) -> int:
     """Source frames up to the last one used (the footage plays 1:1 with the keys)."""
     last = max((int(m.frame_indices[-1]) for m in result.motions.values() if len(m)), default=0)
     return last + 1
 
 
-def _footage(result: SequenceResult, settings: SequenceSettings):
+def _footage(result: SequenceJobResult, settings: SequenceSettings):
     """The footage as a Blender image: the movie, or the folder's first image as a sequence."""
     from ..dpose_core import frames
     from . import scene_camera
@@ -266,7 +341,7 @@ def _depth_planes(scene, collection, result, settings, record) -> list:
     return created
 
 
-def save_outputs(created: list, result: SequenceResult, *, blend: str, npz: str | None = None,
+def save_outputs(created: list, result: SequenceJobResult, *, blend: str, npz: str | None = None,
                  fbx: str | None = None, bvh: str | None = None) -> None:
     """Write the requested files (main thread; used by headless runs)."""
     import bpy
@@ -309,7 +384,7 @@ def _select_only(objects: list) -> None:
         bpy.context.view_layer.objects.active = objects[0]
 
 
-def result_summary(result: SequenceResult) -> str:
+def result_summary(result: SequenceJobResult) -> str:
     keys = sum(len(m) for m in result.motions.values())
     return (f"{len(result.motions)} track(s), {keys} posed frames, "
             f"{len(result.failures)} skipped, {result.frames_per_second:.2f} frames/s"

@@ -16,6 +16,7 @@ import pytest
 pytestmark = pytest.mark.blender
 
 EXT = "bl_ext.user_default.dpose"
+BOX = (20, 5, 80, 115)  # the generated figure, xyxy px
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -271,7 +272,8 @@ def test_sequence_operator_keys_every_frame_of_a_video(ext, video_file):
     s.sequence_path = str(video_file)
     s.people = "LARGEST"
     s.smooth = 0.3
-    assert bpy.ops.dpose.estimate_sequence() == {"FINISHED"}
+    s.use_box, s.box = True, BOX  # deterministic with random weights: one person, every frame
+    assert bpy.ops.dpose.estimate_sequence("INVOKE_DEFAULT") == {"FINISHED"}
     (rig,) = _rigs()
     assert _keyed_frames(ext, rig) == [scene.frame_start + i for i in range(3)]
     assert scene.camera.data.background_images[0].image.source == "MOVIE"
@@ -285,12 +287,20 @@ def test_corrupt_frame_is_reported_and_skipped(ext, folder_with_corrupt_frame):
     settings = ext.operators.sequence_settings(bpy.context)
     settings.source = str(folder_with_corrupt_frame)
     settings.person = "largest"
+    settings.bbox = BOX
     job = ext.operators.start_sequence_job(bpy.context, settings)
     assert job.wait(timeout=300)
     assert job.state == ext.jobs.DONE, job.error_text
-    assert any("1" in w for w in job.warnings)  # frame 1 reported
+    assert len(job.warnings) == 1 and "frame 1 skipped" in job.warnings[0]
     (rig,) = _rigs()
-    assert _keyed_frames(ext, rig) == [scene.frame_start + i for i in (0, 2, 3)]
+    # The skipped frame is not estimated: its key is interpolated from its neighbours and
+    # flagged as such (keyframe type BREAKDOWN), so the action stays continuous.
+    motion = ext.keyframes.read_motion_keys(rig)
+    assert _keyed_frames(ext, rig) == [scene.frame_start + i for i in range(4)]
+    from dpose_core.motion import FLAG_INTERPOLATED
+
+    interpolated = (motion.flags & FLAG_INTERPOLATED) != 0
+    assert interpolated[1] and not interpolated[[0, 2, 3]].any()
 
 
 def test_cancel_keeps_processed_frames(ext, folder_with_corrupt_frame, tmp_path):
@@ -308,6 +318,7 @@ def test_cancel_keeps_processed_frames(ext, folder_with_corrupt_frame, tmp_path)
     settings = ext.operators.sequence_settings(bpy.context)
     settings.source = str(folder)
     settings.person = "largest"
+    settings.bbox = BOX
     job = ext.operators.start_sequence_job(bpy.context, settings)
     deadline = time.time() + 300
     while not job.drain():
