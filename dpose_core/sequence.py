@@ -64,7 +64,8 @@ class SequenceResult(dict):
         self.frames_processed = 0
         self.cancelled = False
         self.fps = 0.0
-        self.track_lengths: dict[int, int] = {}
+        self.track_lengths: dict[int, int] = {}  # track number -> frames seen
+        self.tracker_ids: dict[int, int] = {}  # track number -> id in FrameResult.people
 
 
 class _TrackBuffer:
@@ -100,9 +101,9 @@ class _TrackBuffer:
             self.image_size = np.asarray(estimate.image_size[row], np.float64)
 
 
-def _person_confidence(det: Detection, estimate, row: int) -> float:
+def _person_confidence(det: Detection, estimate, row: int, finder_ran_network: bool) -> float:
     """Finder's confidence combined with the network's own evidence for the box."""
-    if det.estimate is not None:  # segmentation finder: already evidence from this estimate
+    if finder_ran_network:  # segmentation finder: its confidence is already that evidence
         return float(det.confidence)
     return float(np.sqrt(max(det.confidence, 0.0) * crop_evidence(estimate, row, det.box)))
 
@@ -221,8 +222,9 @@ def estimate_sequence(
     indices = np.asarray(step_index, dtype=np.int64)
     kept = [(tid, buf) for tid, buf in buffers.items() if len(buf.steps) >= min_track_frames]
     kept.sort(key=lambda item: (item[1].steps[0], item[0]))
-    for number, (_, buf) in enumerate(kept):
+    for number, (tid, buf) in enumerate(kept):
         result.track_lengths[number] = len(buf.steps)
+        result.tracker_ids[number] = tid
         if person != "all" and number != person:
             continue
         result[number] = _build_motion(buf, indices, frames.fps, smooth, low_confidence)
@@ -242,14 +244,15 @@ def _process_frame(image, step, estimator, finder, tracker, buffers, focal_px
         return []
     ids = tracker.update(step, np.stack([d.box for d in detections]))
     need = [k for k, d in enumerate(detections) if d.estimate is None]
+    finder_ran_network = [d.estimate is not None for d in detections]
     if need:
         est = estimator.estimate(image, np.stack([detections[k].box for k in need]),
                                  focal_px=focal_px)
         for row, k in enumerate(need):
             detections[k].estimate, detections[k].row = est, row
     people = []
-    for det, tid in zip(detections, ids, strict=True):
-        conf = _person_confidence(det, det.estimate, det.row)
+    for det, tid, ran in zip(detections, ids, finder_ran_network, strict=True):
+        conf = _person_confidence(det, det.estimate, det.row, ran)
         buffers.setdefault(tid, _TrackBuffer()).add(step, det.estimate, det.row, det.box, conf)
         people.append(PersonResult(tid, np.asarray(det.box, float), conf, det.source))
     return people

@@ -10,7 +10,7 @@ import pytest
 
 from dpose_core.errors import NoPersonError
 from dpose_core.localise import ManualBoxFinder, SegmentationFinder
-from dpose_core.motion import FLAG_INTERPOLATED
+from dpose_core.motion import FLAG_INTERPOLATED, FLAG_LOW_CONFIDENCE
 from dpose_core.motion_io import load_motion_npz
 from dpose_core.preprocess import box_to_center_scale, crop_box
 from dpose_core.rotations import rotation_about_axis
@@ -114,6 +114,7 @@ def test_two_people_get_two_tracks_and_person_selection(tmp_path):
                              finder=SegmentationFinder(net, proposals=ManualBoxes(
                                  [person_box(0, 0), person_box(0, 1)])))
     assert list(only) == [1] and only.track_lengths == {0: 8, 1: 8}
+    assert sorted(only.tracker_ids) == [0, 1]
     with pytest.raises(NoPersonError, match="Track 5"):
         estimate_sequence(path, net, person=5, finder=ManualBoxFinder(person_box(0, 1)))
 
@@ -142,6 +143,18 @@ def test_corrupt_frame_is_reported_filled_and_flagged(tmp_path):
     assert motion.flags[3] & FLAG_INTERPOLATED and not np.any(np.delete(motion.flags, 3))
     assert motion.confidence[3] == 0.0
     assert motion.transl[2, 0] < motion.transl[3, 0] < motion.transl[4, 0]
+
+
+def test_low_confidence_frame_is_replaced_and_flagged(tmp_path):
+    for f in range(6):
+        image = render(f) if f != 2 else np.zeros((H, W, 3), np.uint8)  # person missing
+        cv2.imwrite(str(tmp_path / f"img{f}.png"), image)
+    net = PixelSegmentationNetwork()
+    result = estimate_sequence(tmp_path, net, finder=ManualBoxFinder([20, 20, 200, 230]))
+    motion = result[0]
+    assert motion.confidence[2] < 0.3 < motion.confidence[[0, 1, 3, 4, 5]].min()
+    assert motion.flags[2] == FLAG_LOW_CONFIDENCE | FLAG_INTERPOLATED
+    assert not np.any(np.delete(motion.flags, 2))
 
 
 def test_cancel_keeps_processed_frames(tmp_path):
