@@ -164,14 +164,16 @@ class ManualBoxFinder:
 class OpenCVPersonFinder:
     """People proposals from detectors that ship inside OpenCV (no download).
 
-    HOG + linear SVM (Dalal-Triggs) finds upright full bodies; the Haar frontal-face cascade
-    finds close-ups, whose body box is extrapolated by human proportions (head top half a face
-    above the face box, body ~3.5 face widths wide and ~7.5 face heights tall, clipped to the
-    frame). Confidence: SVM margin for HOG, number of merged neighbour hits for faces.
+    HOG + linear SVM (Dalal-Triggs) finds upright full bodies; the Haar upper-body and frontal-
+    face cascades find close-ups, whose body box is extrapolated by human proportions (head
+    top half a face above the face box, body ~3.5 face widths wide and ~7.5 face heights tall;
+    an upper-body box is the top ~third of the body), clipped to the frame. Confidence: SVM
+    margin for HOG, number of merged neighbour hits for the cascades.
     max_side: images are downscaled to this longer side first (speed).
     """
 
-    def __init__(self, use_hog: bool = True, use_faces: bool = True, max_side: int = 640,
+    def __init__(self, use_hog: bool = True, use_faces: bool = True,
+                 use_upper_body: bool = True, max_side: int = 640,
                  min_confidence: float = 0.5, hog_min_weight: float = 1.0,
                  face_min_neighbors: int = 6):
         import cv2
@@ -182,15 +184,14 @@ class OpenCVPersonFinder:
         self.face_min_neighbors = int(face_min_neighbors)
         self._hog = None
         self._face = None
+        self._upper = None
+        if use_upper_body:
+            self._upper = _cascade("haarcascade_upperbody.xml")
         if use_hog:
             self._hog = cv2.HOGDescriptor()
             self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
         if use_faces:
-            path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_alt2.xml"
-            self._face = cv2.CascadeClassifier(str(path))
-            if self._face.empty():
-                raise DPoseError(f"OpenCV's face cascade {path} is missing or unreadable; "
-                                 "reinstall opencv-python-headless.")
+            self._face = _cascade("haarcascade_frontalface_alt2.xml")
 
     def find(self, image: np.ndarray, hints: Sequence[np.ndarray] = ()) -> list[Detection]:
         import cv2
@@ -211,8 +212,19 @@ class OpenCVPersonFinder:
                 boxes.append(np.array([x, y, x + bw, y + bh]) / s)
                 scores.append(float(1.0 - np.exp(-(wt - 0.5))))
                 sources.append("hog")
+        gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+        if self._upper is not None:
+            min_upper = max(24, int(0.1 * min(gray.shape)))
+            rects, neighbours = self._upper.detectMultiScale2(
+                gray, scaleFactor=1.1, minNeighbors=self.face_min_neighbors,
+                minSize=(min_upper, min_upper))
+            for (x, y, uw, uh), nb in zip(np.reshape(rects, (-1, 4)), np.ravel(neighbours),
+                                          strict=True):
+                body = np.array([x, y, x + uw, y + 3.0 * uh]) / s
+                boxes.append(clip_box(body, w, h))
+                scores.append(float(1.0 - np.exp(-nb / 10.0)))
+                sources.append("upper-body")
         if self._face is not None:
-            gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
             min_face = max(12, int(0.04 * min(gray.shape)))
             rects, neighbours = self._face.detectMultiScale2(
                 gray, scaleFactor=1.1, minNeighbors=self.face_min_neighbors,
@@ -233,6 +245,17 @@ class OpenCVPersonFinder:
             if scores_arr[i] >= self.min_confidence:
                 out.append(Detection(boxes_arr[i], float(scores_arr[i]), sources[i]))
         return out
+
+
+def _cascade(name: str):
+    import cv2
+
+    path = Path(cv2.data.haarcascades) / name
+    cascade = cv2.CascadeClassifier(str(path))
+    if cascade.empty():
+        raise DPoseError(f"OpenCV's cascade {path} is missing or unreadable; reinstall "
+                         "opencv-python-headless.")
+    return cascade
 
 
 def decode_yolo(output: np.ndarray, score_threshold: float = 0.4) -> tuple[np.ndarray,
