@@ -318,7 +318,7 @@ def _depth_planes(scene, collection, result, settings, record) -> list:
 
     created = []
     footage = _footage(result, settings)
-    cache_root = Path(settings.cache_dir or default_cache_dir()) / "relief"
+    cache_root = Path(settings.cache_dir or default_cache_dir()).expanduser().resolve() / "relief"
     for track, entries in sorted(result.reliefs.items()):
         if not entries:
             continue
