@@ -84,36 +84,51 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.45) -> n
 # --- evidence from the network's output ----------------------------------------------------
 
 
+def _mask_components(estimate, row: int) -> list[tuple[np.ndarray, float, np.ndarray, float]]:
+    """Connected person regions of a crop's part segmentation, biggest first.
+
+    Each: (box xyxy image px, mask fraction of the crop, touches (4,) bool: reaches the crop's
+    left/top/right/bottom edge, distance of its centroid from the crop centre in crop sides).
+    A small dilation first joins limbs to their body.
+    """
+    import cv2
+
+    mask = (np.asarray(estimate.part_labels[row]) > 0).astype(np.uint8)
+    size = mask.shape[0]
+    if mask.sum() < 0.002 * mask.size:
+        return []
+    joined = cv2.dilate(mask, np.ones((5, 5), np.uint8), iterations=2)
+    n, comp, stats, centroids = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    cb = np.asarray(estimate.crop_box[row], dtype=np.float64)
+    px = (cb[2] - cb[0]) / size
+    py = (cb[3] - cb[1]) / size
+    out = []
+    for k in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1:
+        person = (comp == k) & (mask > 0)
+        if not person.any():
+            continue
+        ys, xs = np.nonzero(person)
+        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        touches = np.array([x0 <= 1, y0 <= 1, x1 >= size - 1, y1 >= size - 1])
+        box = np.array([cb[0] + x0 * px, cb[1] + y0 * py, cb[0] + x1 * px, cb[1] + y1 * py])
+        dist = float(np.linalg.norm(centroids[k] - size / 2) / size)
+        out.append((box, float(person.mean()), touches, dist))
+    return out
+
+
 def person_mask_box(estimate, row: int = 0) -> tuple[np.ndarray | None, float, np.ndarray]:
     """Box (xyxy image px) of the main person in a crop's part segmentation.
 
     Returns (box or None, mask fraction of the crop, touches (4,) bool: mask reaches the
-    crop's left/top/right/bottom edge). The connected component nearest the crop centre (after
-    a small dilation that joins limbs to the body) is the person; others are bystanders.
+    crop's left/top/right/bottom edge). The big component nearest the crop centre is the
+    person; others are bystanders.
     """
-    import cv2
-
-    labels = np.asarray(estimate.part_labels[row])
-    mask = (labels > 0).astype(np.uint8)
-    size = mask.shape[0]
-    if mask.sum() < 0.002 * mask.size:
-        return None, float(mask.mean()), np.zeros(4, bool)
-    joined = cv2.dilate(mask, np.ones((5, 5), np.uint8), iterations=2)
-    n, comp, stats, centroids = cv2.connectedComponentsWithStats(joined, connectivity=8)
-    if n <= 1:
+    comps = _mask_components(estimate, row)
+    if not comps:
         return None, 0.0, np.zeros(4, bool)
-    areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
-    dist = np.linalg.norm(centroids[1:] - size / 2, axis=1) / size
-    best = 1 + int(np.argmax(areas / areas.max() - dist))
-    person = (comp == best) & (mask > 0)
-    ys, xs = np.nonzero(person)
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    touches = np.array([x0 <= 1, y0 <= 1, x1 >= size - 1, y1 >= size - 1])
-    cb = np.asarray(estimate.crop_box[row], dtype=np.float64)
-    px = (cb[2] - cb[0]) / size
-    py = (cb[3] - cb[1]) / size
-    box = np.array([cb[0] + x0 * px, cb[1] + y0 * py, cb[0] + x1 * px, cb[1] + y1 * py])
-    return box, float(person.mean()), touches
+    biggest = max(c[1] for c in comps)
+    box, frac, touches, _ = max(comps, key=lambda c: c[1] / biggest - c[3])
+    return box, frac, touches
 
 
 def crop_evidence(estimate, row: int, box: np.ndarray) -> float:
@@ -379,6 +394,19 @@ class SegmentationFinder:
             box = found
         return None
 
+    def people_in_frame(self, image: np.ndarray) -> list[np.ndarray]:
+        """Start boxes for everyone visible: one pass over the padded full frame, one box per
+        segmented region at least a tenth the size of the largest (without a detector)."""
+        h, w = image.shape[:2]
+        est = self.estimator.estimate(image, square_box([0, 0, w, h], 1.0)[None],
+                                      focal_px=self.focal_px)
+        self.forward_passes += 1
+        comps = _mask_components(est, 0)
+        if not comps:
+            return []
+        biggest = comps[0][1]
+        return [clip_box(c[0], w, h) for c in comps if c[1] >= 0.1 * biggest]
+
     def find(self, image: np.ndarray, hints: Sequence[np.ndarray] = ()) -> list[Detection]:
         h, w = image.shape[:2]
         starts: list[tuple[np.ndarray, str]] = [(np.asarray(b, float), "track") for b in hints]
@@ -388,11 +416,21 @@ class SegmentationFinder:
             else:
                 props = [] if starts else [np.array([0.0, 0.0, w, h], dtype=np.float64)]
             for box in props:
-                if not starts or box_iou(box[None], np.stack([s for s, _ in starts])).max() < 0.3:
+                full = box[0] <= 0 and box[1] <= 0 and box[2] >= w and box[3] >= h
+                if full and not starts:
+                    starts.append((box, "full-frame"))
+                elif not starts or box_iou(box[None],
+                                           np.stack([s for s, _ in starts])).max() < 0.3:
                     starts.append((box, "segmentation"))
         self._calls += 1
-        found: list[Detection] = []
+        expanded: list[tuple[np.ndarray, str]] = []
         for box, source in starts:
+            if source == "full-frame":  # one pass over the frame, one start per person region
+                expanded.extend((b, "segmentation") for b in self.people_in_frame(image))
+            else:
+                expanded.append((box, source))
+        found: list[Detection] = []
+        for box, source in expanded:
             det = self.refine(image, box, source)
             if det is not None and det.confidence >= self.min_confidence:
                 found.append(det)

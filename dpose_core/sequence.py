@@ -172,10 +172,11 @@ def estimate_sequence(
 
     finder: how people are found (default `make_finder(estimator, "auto")`: segmentation
     refinement with OpenCV proposals). person: "all", or the number of one track (tracks are
-    numbered 0, 1, ... by first appearance after dropping tracks shorter than
-    `min_track_frames`). smooth: One-Euro strength (0 = off). progress(done, total) after
-    each frame (total 0 when unknown). cancel: set it to stop after the current frame; the
-    frames done so far are returned. on_frame(FrameResult) after each frame, failed ones too.
+    numbered 0, 1, ... by first appearance, people appearing together left to right, after
+    dropping tracks shorter than `min_track_frames`). smooth: One-Euro strength (0 = off).
+    progress(done, total) after each frame (total 0 when unknown). cancel: set it to stop
+    after the current frame; the frames done so far are returned. on_frame(FrameResult)
+    after each frame, failed ones too.
     max_gap: frames a person may vanish (occlusion) and keep the id. Frames whose confidence
     is below `low_confidence` are replaced by interpolation and flagged.
     Returns a SequenceResult (dict track id -> Motion) with .failures, .frames_processed,
@@ -221,7 +222,7 @@ def estimate_sequence(
 
     indices = np.asarray(step_index, dtype=np.int64)
     kept = [(tid, buf) for tid, buf in buffers.items() if len(buf.steps) >= min_track_frames]
-    kept.sort(key=lambda item: (item[1].steps[0], item[0]))
+    kept.sort(key=_track_order)
     for number, (tid, buf) in enumerate(kept):
         result.track_lengths[number] = len(buf.steps)
         result.tracker_ids[number] = tid
@@ -233,6 +234,12 @@ def estimate_sequence(
                             f"found (numbered 0 to {len(kept) - 1}). Use --person all to see "
                             "them all.")
     return result
+
+
+def _track_order(item: tuple[int, _TrackBuffer]) -> tuple:
+    """Tracks are numbered by first appearance; people appearing together from left to right."""
+    tid, buf = item
+    return (buf.steps[0], float(buf.boxes[0][0]), tid)
 
 
 def _process_frame(image, step, estimator, finder, tracker, buffers, focal_px

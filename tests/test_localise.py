@@ -105,6 +105,15 @@ def test_segmentation_from_previous_box_is_one_pass_and_grows_cut_boxes():
     assert box_iou(det.box[None], TRUE_BOX[None])[0, 0] > 0.85
 
 
+def test_segmentation_finds_several_people_without_a_detector():
+    second = np.array([60.0, 120.0, 130.0, 400.0])
+    net = SilhouetteNetwork([TRUE_BOX, second])
+    found = SegmentationFinder(net).find(np.zeros((H, W, 3), np.uint8))
+    assert len(found) == 2
+    for truth in (TRUE_BOX, second):
+        assert max(box_iou(d.box[None], truth[None])[0, 0] for d in found) > 0.85
+
+
 def test_segmentation_empty_frame_finds_nobody():
     net = SilhouetteNetwork([])
     assert SegmentationFinder(net).find(np.zeros((H, W, 3), np.uint8)) == []

@@ -198,6 +198,28 @@ def test_worker_thread_progress_and_failures_not_raised(tmp_path):
     assert len(result[0]) == 6 and result[0].flags[2] & FLAG_INTERPOLATED
 
 
+def test_cli_writes_one_file_per_track(tmp_path, monkeypatch):
+    """run_cli's loop with the network stand-in (the real network runs in the next test)."""
+    import dpose_core.estimator
+
+    monkeypatch.setattr(dpose_core.estimator, "Estimator",
+                        lambda *a, **k: PixelSegmentationNetwork())
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for f in range(6):
+        cv2.imwrite(str(folder / f"f{f}.png"), render(f, people=(0, 1))[:, :, ::-1])
+    args = argparse.Namespace(
+        inputs=[str(folder)], output=str(tmp_path / "motion.npz"), checkpoint=None,
+        backend="auto", device="cpu", bbox=None, person="all", smooth=1.0, fps=12.0,
+        start=0, end=None, stride=1, batch=8)
+    assert run_cli(args) == 0
+    m0 = load_motion_npz(tmp_path / "motion_track0.npz")
+    m1 = load_motion_npz(tmp_path / "motion_track1.npz")
+    assert len(m0) == len(m1) == 6 and m0.fps == 12.0
+    assert m0.boxes[0, 0] < 150 < 200 < m1.boxes[0, 0]  # same frame: left first
+    assert not (tmp_path / "motion.npz").exists()
+
+
 def test_track_output_paths(tmp_path):
     assert track_output_paths(tmp_path / "m.npz", [3]) == {3: tmp_path / "m.npz"}
     assert track_output_paths(tmp_path / "m.npz", [0, 1]) == {
