@@ -45,7 +45,8 @@ def write_clip(path: Path, n: int, width: int, height: int) -> None:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (width, height))
     for f in range(n):
         frame = background.copy()
-        x = int(width * (0.2 + 0.6 * (f % 200) / 200))
+        phase = (f % 400) / 200  # walks right for 200 frames, then back
+        x = int(width * (0.2 + 0.6 * (phase if phase <= 1 else 2 - phase)))
         top, bottom = int(height * 0.15), int(height * 0.95)
         body_h = bottom - top
         cv2.circle(frame, (x, top + body_h // 14), body_h // 14, (230, 230, 230), -1)
@@ -156,12 +157,24 @@ def run_timed(estimator, clip: Path) -> dict:
     }
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss would include the parent's
+    pages from before exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_child(frames: int, folder: Path) -> None:
     clip = folder / f"mem_{frames}.avi"
     write_clip(clip, frames, 160, 120)
     net = StandInNetwork()
     result = estimate_sequence(clip, net, finder=make_finder(net, "segmentation"))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(json.dumps({"frames": result.frames_processed, "tracks": len(result),
                       "peak_mb": peak_mb}))
 

@@ -227,16 +227,17 @@ def test_track_output_paths(tmp_path):
 
 
 def test_cli_on_video_with_the_real_network(tmp_path, checkpoint_path, monkeypatch, capsys):
-    """End to end: generated 4-frame video -> real Estimator (random weights) -> motion.npz."""
+    """End to end through `dpose estimate VIDEO`: generated 4-frame video -> real Estimator
+    (random weights) -> motion.npz with per-frame boxes and confidence."""
+    from dpose_core.cli import main
+
     monkeypatch.setenv("DPOSE_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "clip.avi"
     write_video(path, 4)
     out = tmp_path / "motion.npz"
-    args = argparse.Namespace(
-        inputs=[str(path)], output=str(out), checkpoint=str(checkpoint_path), backend="auto",
-        device="cpu", bbox=[[30.0, 20.0, 130.0, 230.0]], person="all", smooth=1.0, fps=None,
-        start=0, end=None, stride=1, batch=4)
-    assert run_cli(args) == 0
+    status = main(["estimate", str(path), "--checkpoint", str(checkpoint_path), "--device",
+                   "cpu", "--bbox", "30,20,130,230", "--smooth", "1.0", "-o", str(out)])
+    assert status == 0
     motion = load_motion_npz(out)
     assert len(motion) == 4 and motion.fps == pytest.approx(25.0)
     np.testing.assert_array_equal(motion.frame_indices, np.arange(4))
