@@ -68,37 +68,66 @@ class SequenceResult(dict):
         self.tracker_ids: dict[int, int] = {}  # track number -> id in FrameResult.people
 
 
+class _Rows:
+    """Append-only float32 table in fixed-size chunks: no per-row objects, no copy spikes."""
+
+    CHUNK = 1024
+
+    def __init__(self, width: int):
+        self.width = width
+        self.chunks: list[np.ndarray] = []
+        self.n = 0
+
+    def append(self, row: np.ndarray) -> None:
+        if self.n == len(self.chunks) * self.CHUNK:
+            self.chunks.append(np.empty((self.CHUNK, self.width), np.float32))
+        self.chunks[-1][self.n % self.CHUNK] = np.asarray(row, np.float32).reshape(-1)
+        self.n += 1
+
+    def set_last(self, row: np.ndarray) -> None:
+        self.chunks[-1][(self.n - 1) % self.CHUNK] = np.asarray(row, np.float32).reshape(-1)
+
+    def array(self) -> np.ndarray:
+        return np.concatenate(self.chunks)[: self.n] if self.chunks else np.zeros((0, self.width))
+
+
 class _TrackBuffer:
-    """Per-frame numbers of one track, in compact float32 lists (no images, no maps)."""
+    """Per-frame numbers of one track (~0.9 kB a frame, float32; no images, no maps)."""
+
+    FIELDS = {"rotmats": 22 * 9, "cam_t": 3, "betas": 11, "box": 4, "focal": 2, "principal": 2,
+              "confidence": 1}
 
     def __init__(self):
         self.steps: list[int] = []
-        self.rotmats: list[np.ndarray] = []
-        self.cam_t: list[np.ndarray] = []
-        self.betas: list[np.ndarray] = []
-        self.confidence: list[float] = []
-        self.boxes: list[np.ndarray] = []
-        self.focal: list[np.ndarray] = []
-        self.principal: list[np.ndarray] = []
+        self.rows = {name: _Rows(width) for name, width in self.FIELDS.items()}
         self.image_size: np.ndarray | None = None
+        self._last_confidence = 0.0
 
     def add(self, step: int, estimate, row: int, box: np.ndarray, confidence: float) -> None:
+        values = {
+            "rotmats": estimate.rotmats[row], "cam_t": estimate.cam_t[row],
+            "betas": estimate.betas[row], "box": box, "focal": estimate.focal_px[row],
+            "principal": estimate.principal_point[row], "confidence": confidence,
+        }
         if self.steps and self.steps[-1] == step:  # two boxes of one frame on one track
-            if confidence <= self.confidence[-1]:
-                return
-            for name in ("steps", "rotmats", "cam_t", "betas", "confidence", "boxes", "focal",
-                         "principal"):
-                getattr(self, name).pop()
+            if confidence > self._last_confidence:  # keep the better one
+                for name, value in values.items():
+                    self.rows[name].set_last(value)
+                self._last_confidence = confidence
+            return
+        self._last_confidence = confidence
         self.steps.append(step)
-        self.rotmats.append(np.asarray(estimate.rotmats[row], np.float32))
-        self.cam_t.append(np.asarray(estimate.cam_t[row], np.float32))
-        self.betas.append(np.asarray(estimate.betas[row], np.float32))
-        self.confidence.append(float(confidence))
-        self.boxes.append(np.asarray(box, np.float32))
-        self.focal.append(np.asarray(estimate.focal_px[row], np.float32))
-        self.principal.append(np.asarray(estimate.principal_point[row], np.float32))
+        for name, value in values.items():
+            self.rows[name].append(value)
         if self.image_size is None:
             self.image_size = np.asarray(estimate.image_size[row], np.float64)
+
+    @property
+    def first_box(self) -> np.ndarray:
+        return self.rows["box"].chunks[0][0]
+
+    def column(self, name: str) -> np.ndarray:
+        return self.rows[name].array()
 
 
 def _person_confidence(det: Detection, estimate, row: int, finder_ran_network: bool) -> float:
@@ -116,12 +145,14 @@ def _build_motion(buf: _TrackBuffer, step_index: np.ndarray, fps: float, smooth:
     pos = steps - first
     observed = np.zeros(n, bool)
     observed[pos] = True
+    confidence = buf.column("confidence")[:, 0].astype(np.float64)
     conf = np.zeros(n)
-    conf[pos] = buf.confidence
-    rot = np.broadcast_to(np.eye(3), (n, 22, 3, 3)).copy()
-    rot[pos] = np.stack(buf.rotmats)
+    conf[pos] = confidence
+    rot = np.empty((n, 22, 3, 3))
+    rot[:] = np.eye(3)
+    rot[pos] = buf.column("rotmats").reshape(-1, 22, 3, 3)
     transl = np.zeros((n, 3))
-    transl[pos] = np.stack(buf.cam_t)
+    transl[pos] = buf.column("cam_t")
     good = observed & (conf >= low_confidence)
     if not good.any():
         good = observed
@@ -131,8 +162,8 @@ def _build_motion(buf: _TrackBuffer, step_index: np.ndarray, fps: float, smooth:
     flags[low] |= FLAG_LOW_CONFIDENCE | FLAG_INTERPOLATED
     rot, transl = fill_gaps(rot, transl, good)
 
-    def interp(values: list[np.ndarray]) -> np.ndarray:
-        arr = np.stack(values).astype(np.float64)
+    def interp(name: str) -> np.ndarray:
+        arr = buf.column(name).astype(np.float64)
         return np.stack([np.interp(np.arange(n), pos, arr[:, k]) for k in range(arr.shape[1])],
                         axis=1)
 
@@ -141,12 +172,11 @@ def _build_motion(buf: _TrackBuffer, step_index: np.ndarray, fps: float, smooth:
     rot = smooth_rotations(rot, times, smooth)
     transl = smooth_translation(transl, times, smooth)
     good_obs = good[pos]
-    betas = robust_mean_betas(np.stack(buf.betas)[good_obs],
-                              np.asarray(buf.confidence)[good_obs])
+    betas = robust_mean_betas(buf.column("betas")[good_obs], confidence[good_obs])
     return Motion.from_predictions(
         rot, transl, betas, fps, confidence=conf, frame_indices=frame_indices,
-        boxes=interp(buf.boxes), focal_px=interp(buf.focal),
-        principal_point=interp(buf.principal), image_size=buf.image_size, flags=flags)
+        boxes=interp("box"), focal_px=interp("focal"), principal_point=interp("principal"),
+        image_size=buf.image_size, flags=flags)
 
 
 def estimate_sequence(
@@ -239,7 +269,7 @@ def estimate_sequence(
 def _track_order(item: tuple[int, _TrackBuffer]) -> tuple:
     """Tracks are numbered by first appearance; people appearing together from left to right."""
     tid, buf = item
-    return (buf.steps[0], float(buf.boxes[0][0]), tid)
+    return (buf.steps[0], float(buf.first_box[0]), tid)
 
 
 def _process_frame(image, step, estimator, finder, tracker, buffers, focal_px
