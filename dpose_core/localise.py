@@ -365,12 +365,13 @@ class SegmentationFinder:
         self.forward_passes = 0
         self._calls = 0
 
-    def refine(self, image: np.ndarray, start_box: np.ndarray, source: str = "segmentation"
-               ) -> Detection | None:
+    def refine(self, image: np.ndarray, start_box: np.ndarray, source: str = "segmentation",
+               max_iterations: int | None = None) -> Detection | None:
         """Iterate crop -> segmentation box from `start_box`; None when no person is seen."""
         h, w = image.shape[:2]
         box = np.asarray(start_box, dtype=np.float64)
-        for iteration in range(self.max_iterations):
+        iterations = self.max_iterations if max_iterations is None else max_iterations
+        for iteration in range(iterations):
             crop = square_box(box, self.pad)
             est = self.estimator.estimate(image, crop[None], focal_px=self.focal_px)
             self.forward_passes += 1
@@ -386,7 +387,7 @@ class SegmentationFinder:
             if found[2] - found[0] < 2 or found[3] - found[1] < 2:
                 return None
             stable = not cut.any() and box_iou(found[None], box[None])[0, 0] >= self.stable_iou
-            if stable or iteration == self.max_iterations - 1:
+            if stable or iteration == iterations - 1:
                 conf = crop_evidence(est, 0, found)
                 if not stable:
                     conf *= 0.5  # did not converge: less sure of the box
@@ -431,7 +432,9 @@ class SegmentationFinder:
                 expanded.append((box, source))
         found: list[Detection] = []
         for box, source in expanded:
-            det = self.refine(image, box, source)
+            # A track's predicted box is close already; do not spend passes on a hidden person.
+            det = self.refine(image, box, source,
+                              min(2, self.max_iterations) if source == "track" else None)
             if det is not None and det.confidence >= self.min_confidence:
                 found.append(det)
         if not found:
