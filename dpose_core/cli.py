@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DPoseError
+from .errors import DPoseError, NoPersonError
 
 EXIT_OK, EXIT_PROBLEM, EXIT_ERROR = 0, 1, 2
 
@@ -75,21 +75,33 @@ def _parse_bbox(text: str) -> list[float]:
     return values
 
 
-def _find_boxes(estimator, image: np.ndarray, args: argparse.Namespace) -> np.ndarray:
-    """--bbox boxes, else the person finder when available, else the whole image."""
+def _make_finder(estimator, args: argparse.Namespace):
+    """The sequence engineer's person finder (segmentation + OpenCV), or None without it."""
     if args.bbox:
-        return np.asarray(args.bbox, dtype=np.float64)
+        return None
     try:
-        from . import localise
+        from .localise import make_finder
     except ImportError:
-        localise = None
-    finder = getattr(localise, "find_people", None)
+        return None
+    return make_finder(estimator, "auto", focal_px=args.focal)
+
+
+def _find_people(finder, image: np.ndarray, args: argparse.Namespace):
+    """-> (boxes still to estimate (K,4), single-crop Estimates the finder already computed).
+
+    --bbox boxes are used as given; without them the finder looks for people (its last
+    network pass per person is reused); when nobody is found, the whole image is the box.
+    """
+    if args.bbox:
+        return np.asarray(args.bbox, dtype=np.float64), []
     if finder is not None:
-        boxes = np.asarray(finder(estimator, image), dtype=np.float64).reshape(-1, 4)
-        if len(boxes):
-            return boxes[:, :4]
+        detections = finder.find(image)
+        done = [d.estimate.select(d.row) for d in detections if d.estimate is not None]
+        todo = [d.box for d in detections if d.estimate is None]
+        if detections:
+            return np.asarray(todo, dtype=np.float64).reshape(-1, 4), done
     h, w = image.shape[:2]
-    return np.array([[0.0, 0.0, float(w), float(h)]])
+    return np.array([[0.0, 0.0, float(w), float(h)]]), []
 
 
 def _json_ready(value):
@@ -122,30 +134,36 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         print(f"dpose: note: {note}", file=sys.stderr)
     results = []
     progress = _progress(len(inputs), "estimate")
-    group_images, group_boxes = [], []
-    group_first = 0  # input index of the group's first image
+    finder = _make_finder(estimator, args)
+    group_images, group_boxes, group_index = [], [], []
 
     def flush() -> None:
         if group_images:
             focal = None if args.focal is None else [args.focal] * len(group_images)
             est = estimator.estimate_batch(group_images, group_boxes, focal)
-            est.image_index = est.image_index + group_first
+            est.image_index = np.asarray(group_index)[est.image_index]
             results.append(est)
-            progress.update(len(group_images))
             group_images.clear()
             group_boxes.clear()
+            group_index.clear()
 
     for i, path in enumerate(inputs):
         image = read_image(path)
-        boxes = _find_boxes(estimator, image, args)
-        if group_images and sum(len(b) for b in group_boxes) + len(boxes) > args.batch:
-            flush()
-        if not group_images:
-            group_first = i
-        group_images.append(image)
-        group_boxes.append(boxes)
+        boxes, done = _find_people(finder, image, args)
+        for est in done:
+            est.image_index = np.full(len(est), i, dtype=np.int64)
+            results.append(est)
+        if len(boxes):
+            if group_images and sum(len(b) for b in group_boxes) + len(boxes) > args.batch:
+                flush()
+            group_images.append(image)
+            group_boxes.append(boxes)
+            group_index.append(i)
+        progress.update(1)
     flush()
     progress.close()
+    if not results:
+        raise NoPersonError("Nobody was found; pass --bbox x0,y0,x1,y1 to say where people are.")
     merged = _merge(results)
     payload = merged.to_dict(dense=args.output is not None and args.output.endswith(".npz"))
     meta = {
@@ -170,14 +188,15 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _merge(results):
-    """Concatenate per-group Estimates (image_index already global)."""
+    """Concatenate Estimates (image_index already global), ordered by input image."""
     from dataclasses import fields
 
     from .estimator import Estimate
 
-    return Estimate(
+    merged = Estimate(
         **{f.name: np.concatenate([getattr(r, f.name) for r in results]) for f in fields(Estimate)}
     )
+    return merged.select(np.argsort(merged.image_index, kind="stable"))
 
 
 def _progress(total: int, desc: str):

@@ -127,3 +127,34 @@ def test_missing_checkpoint_is_one_clear_line_and_exit_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dpose: error:")
     assert "DPOSE_CHECKPOINT" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_estimate_without_bbox_finds_people_or_uses_the_whole_image(
+    checkpoint_path, images, tmp_path
+):
+    out = tmp_path / "found.json"
+    assert main(["estimate", str(images[0]), "--checkpoint", str(checkpoint_path),
+                 "-o", str(out)]) == 0  # fmt: skip
+    doc = json.loads(out.read_text())
+    assert len(doc["rotmats"]) >= 1 and set(doc["image_index"]) == {0}
+    assert np.shape(doc["crop_box"])[1] == 4
+
+
+def test_folder_input_is_delegated_to_the_sequence_engine(checkpoint_path, tmp_path, capsys):
+    """The sequence engine reads the folder with our frame arguments (random weights see no
+    person, so it ends with its own NoPersonError after processing the frames)."""
+    cv2 = pytest.importorskip("cv2")
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for k in range(3):
+        frame = np.random.default_rng(10 + k).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+        cv2.imwrite(str(folder / f"frame{k:03d}.png"), frame)
+    out = tmp_path / "motion.npz"
+    rc = main(["estimate", str(folder), "--checkpoint", str(checkpoint_path), "--bbox",
+               "60,20,220,230", "--smooth", "0", "--fps", "24", "--stride", "2",
+               "-o", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    if rc == 0:  # a person was accepted after all
+        assert out.exists()
+    else:
+        assert rc == 2 and str(folder) in err and "(2 frames)" in err  # frames 0 and 2
