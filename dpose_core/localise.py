@@ -153,6 +153,13 @@ def crop_evidence(estimate, row: int, box: np.ndarray) -> float:
     coverage = float((region > 0).mean()) if region.size else 0.0
     coverage_score = min(1.0, coverage / 0.3)
     joints = np.asarray(estimate.joints2d[row], dtype=np.float64)[BODY_JOINTS]
+    size = getattr(estimate, "image_size", None)
+    if size is not None:  # joints beyond the frame (legs of a close-up) cannot be judged
+        iw, ih = np.asarray(size[row], dtype=np.float64)
+        visible = np.all((joints >= 0) & (joints <= [iw, ih]), axis=1)
+        if not visible.any():
+            return 0.0
+        joints = joints[visible]
     margin = 0.1 * np.array([w, h])
     inside = np.all((joints >= box[:2] - margin) & (joints <= box[2:] + margin), axis=1).mean()
     span = (joints.max(0) - joints.min(0)) / np.array([w, h])

@@ -127,6 +127,18 @@ def test_evidence_confidence_depends_on_box():
     assert good > 0.6 and empty < 0.1
 
 
+def test_evidence_ignores_joints_beyond_the_frame():
+    """A close-up: the legs project below the image; the visible joints still agree."""
+    net = SilhouetteNetwork([TRUE_BOX])
+    est = net.estimate(None, TRUE_BOX[None])
+    est.image_size = np.array([[W, H]], float)
+    full = crop_evidence(est, 0, TRUE_BOX)
+    est.joints2d[0, ::2, 1] += 2 * H  # half the joints far below the frame
+    assert crop_evidence(est, 0, TRUE_BOX) > 0.6 and full > 0.6
+    est.joints2d[0, :, 1] += 2 * H  # none visible: no agreement evidence at all
+    assert crop_evidence(est, 0, TRUE_BOX) == 0.0
+
+
 def _rgb_sample(name):
     if name == "astronaut":
         import skimage.data
