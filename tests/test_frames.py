@@ -180,3 +180,14 @@ def test_missing_and_empty_inputs(tmp_path):
         bad = tmp_path / "x.png"
         bad.write_bytes(b"\x89PNG garbage")
         read_image(bad)
+
+
+def test_png_exif_chunk_orientation(tmp_path):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored rotated: turn 90 degrees counter-clockwise to view
+    path = tmp_path / "rot.png"
+    Image.fromarray(_asymmetric_rgb()).save(path, exif=exif.tobytes())
+    assert exif_orientation(path.read_bytes()) == 8
+    np.testing.assert_array_equal(read_image(path), np.rot90(_asymmetric_rgb(), 1))
