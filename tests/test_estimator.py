@@ -141,3 +141,19 @@ def test_torch_backend_cuda_request_falls_back_to_cpu(estimator):
     else:
         assert est.device == "cpu"
         assert any("torch.cuda.is_available()" in n for n in est.notes)
+
+
+def test_runtime_modules_import_without_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import dpose_core.estimator, dpose_core.cli, dpose_core.onnx_model\n"
+        "print(sorted(m for m in sys.modules if m.startswith('dpose_core')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "dpose_core.network" not in result.stdout and "dpose_core.estimator" in result.stdout
