@@ -155,6 +155,79 @@ def test_preferences_status_checks_files_and_device(ext, body_model_npz, tmp_pat
     assert not prefs.checkpoint_ok
 
 
+# ----------------------------------------------------------------------------- panel
+class _RecordingLayout:
+    """Stands in for UILayout (no UI in bpy-as-a-module): checks every property and operator
+    the panels draw exists, and records progress bars."""
+
+    def __init__(self, log):
+        self.log = log
+        self.enabled = self.alert = True
+
+    def _child(self, *args, **kwargs):
+        return _RecordingLayout(self.log)
+
+    row = column = box = split = _child
+
+    def prop(self, data, name, **kwargs):
+        assert name in data.bl_rna.properties, name
+        self.log.append(("prop", name))
+
+    def operator(self, idname, **kwargs):
+        import bpy
+
+        category, op = idname.split(".")
+        assert hasattr(getattr(bpy.ops, category), op), idname
+        self.log.append(("operator", idname))
+
+        class _Props:
+            pass
+
+        return _Props()
+
+    def label(self, text="", **kwargs):
+        self.log.append(("label", text))
+
+    def progress(self, factor=0.0, type="BAR", text=""):
+        self.log.append(("progress", factor, text))
+
+
+def _draw_all(ext, context):
+    import bpy
+
+    log = []
+    for name in ("DPOSE_PT_main", "DPOSE_PT_image", "DPOSE_PT_sequence"):
+        panel_cls = getattr(bpy.types, name)
+        fake = type("P", (), {"layout": _RecordingLayout(log)})()
+        panel_cls.draw(fake, context)
+    return log
+
+
+def test_panels_draw_settings_progress_and_cancel(ext):
+    import bpy
+
+    context = bpy.context
+    log = _draw_all(ext, context)
+    assert ("operator", "dpose.estimate_image") in log
+    assert ("operator", "dpose.estimate_sequence") in log
+    assert not [e for e in log if e[0] == "progress"]
+
+    release = threading.Event()
+    job = ext.operators._start(context, "Sequence", lambda ctx: (ctx.progress(2, 8),
+                                                                 release.wait(10)), None)
+    try:
+        time.sleep(0.05)
+        ext.operators.show_progress(context.scene, job)
+        log = _draw_all(ext, context)
+        bars = [e for e in log if e[0] == "progress"]
+        assert bars and bars[0][1] == pytest.approx(0.25) and "2/8 frames" in bars[0][2]
+        assert ("operator", "dpose.cancel_job") in log
+        assert bpy.ops.dpose.cancel_job() == {"FINISHED"} and job.cancel_event.is_set()
+    finally:
+        release.set()
+        job.wait(timeout=10)
+
+
 # ----------------------------------------------------------------------------- job runner
 def test_job_runner_posts_items_and_cancels(ext):
     jobs = ext.jobs
