@@ -330,6 +330,8 @@ def test_image_keys_onto_selected_rig_at_current_frame(ext, image_file):
     (rig,) = _rigs()
     bpy.context.view_layer.objects.active = rig
     scene.dpose.key_selected = True
+    scene.dpose.image_path = ""  # now the image comes from the active camera's background
+    assert ext.image_estimate.background_image_path(scene) == str(image_file)
     scene.frame_set(12)
     assert bpy.ops.dpose.estimate_image() == {"FINISHED"}
     assert _rigs() == [rig]
@@ -346,9 +348,19 @@ def test_sequence_operator_keys_every_frame_of_a_video(ext, video_file):
     s.people = "LARGEST"
     s.smooth = 0.3
     s.use_box, s.box = True, BOX  # deterministic with random weights: one person, every frame
+    s.add_depth_plane = True
     assert bpy.ops.dpose.estimate_sequence("INVOKE_DEFAULT") == {"FINISHED"}
     (rig,) = _rigs()
     assert _keyed_frames(ext, rig) == [scene.frame_start + i for i in range(3)]
+    # The depth relief follows the current frame (frame_change_post handler + cached maps).
+    (plane,) = [o for o in bpy.data.objects if o.name.startswith("D-PoSE Depth")]
+    shapes = []
+    for i in range(3):
+        scene.frame_set(scene.frame_start + i)
+        shapes.append(np.array([v.co[:] for v in plane.data.vertices]))
+    assert len(shapes[0]) > 0
+    pairs = zip(shapes[:-1], shapes[1:], strict=True)
+    assert any(len(a) != len(b) or np.abs(a - b).max() > 1e-6 for a, b in pairs)
     assert scene.camera.data.background_images[0].image.source == "MOVIE"
     assert '"kind": "sequence"' in rig["dpose_provenance"]
 
