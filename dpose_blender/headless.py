@@ -172,11 +172,17 @@ def run(args: argparse.Namespace, *, out=print) -> int:
         sequence_job.save_outputs(
             created, result, blend=args.output, npz=args.npz, fbx=args.fbx, bvh=args.bvh
         )
-    except CancelledError as exc:
-        out(f"error: cancelled: {exc}")
+    except (CancelledError, KeyboardInterrupt) as exc:
+        out(f"error: cancelled {exc}".rstrip())
         return EXIT_CANCELLED
     except DPoseError as exc:
         out(f"error: {str(exc).splitlines()[0]}")
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - Blender exits 0 after a script's exception
+        import traceback
+
+        traceback.print_exc()
+        out(f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
         return EXIT_FAILED
     n_keys = sum(len(m) for m in result.motions.values())
     out(f"D-PoSE: wrote {args.output} ({len(result.motions)} rig(s), {n_keys} posed frames, "

@@ -119,3 +119,18 @@ def test_folder_to_blend_with_exports(tmp_path, checkpoint_path, image_folder, o
     assert info["rigs"] == 1 and info["cam"]
     assert info["hash"] == checkpoint_hash(checkpoint_path)
     assert info["inputs"] == [str(image_folder.resolve())]
+
+
+def test_failure_while_running_exits_non_zero(tmp_path, checkpoint_path, image_folder,
+                                               onnx_cache_dir):
+    """A job that runs but cannot deliver (no such person) fails with one line and code 1."""
+    code, out = _run(
+        ["--input", image_folder / "frame_0000.png", "--output", tmp_path / "o.blend",
+         "--checkpoint", checkpoint_path, "--device", "cpu", "--cache-dir", onnx_cache_dir,
+         "--person", "3", "--bbox", "20,5,80,115"],
+        tmp_path,
+    )
+    assert code == 1, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Track 3" in errors[0]
+    assert not (tmp_path / "o.blend").exists()
