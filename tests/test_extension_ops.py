@@ -308,6 +308,7 @@ def test_rig_joints_project_onto_network_joints(ext, image_file):
     settings = ext.operators.image_settings(bpy.context)
     settings.image_path = str(image_file)
     settings.person = "largest"
+    settings.add_depth_plane = True
     result = ext.image_estimate.estimate_image(settings)
     created = ext.image_estimate.apply_image_result(scene, result, settings)
     rig = next(o for o in created if o.type == "ARMATURE")
@@ -317,6 +318,16 @@ def test_rig_joints_project_onto_network_joints(ext, image_file):
         scene, scene.camera, world)
     expected = result.estimate.joints2d[0, : len(JOINT_NAMES)]
     assert np.abs(pixels - expected).max() < 0.5
+    # The relief from the same estimate projects onto its depth-map pixel centres.
+    plane = next(o for o in created if o.name.startswith("D-PoSE Depth"))
+    dp = sys.modules[f"{EXT}.dpose_blender.depth_plane"]
+    frame = dp.relief_frame_from_estimate(result.estimate, 0)
+    _, _, _, centres = dp.relief_geometry(frame, settings.depth_scale)
+    verts = np.array([(plane.matrix_world @ v.co)[:] for v in plane.data.vertices])
+    if len(verts):  # random weights may segment no person pixels at all
+        on_screen = sys.modules[f"{EXT}.dpose_blender.scene_camera"].project_to_pixels(
+            scene, scene.camera, verts)
+        assert np.abs(on_screen - centres).max() < 0.01
 
 
 def test_image_keys_onto_selected_rig_at_current_frame(ext, image_file):
