@@ -182,7 +182,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     else:
         np.savez_compressed(args.output, **meta, **payload)
     if args.output is not None:
-        print(f"wrote {args.output}: {len(merged)} people in {len(inputs)} image(s) "
+        print(f"wrote {args.output}: {len(merged)} person crop(s) in {len(inputs)} image(s) "
               f"[{estimator.backend} on {estimator.device}]", file=sys.stderr)  # fmt: skip
     return EXIT_OK
 
