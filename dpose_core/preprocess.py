@@ -70,8 +70,13 @@ def _mirror(idx: np.ndarray, n: int) -> np.ndarray:
     return np.where(idx >= n, period - idx, idx)
 
 
-def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) matrix = bilinear grid-mode zoom after the anti-aliasing Gaussian."""
+def _resize_matrix(n_in: int, n_out: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """(n_out, hi - lo) matrix = bilinear grid-mode zoom after the anti-aliasing Gaussian.
+
+    Only input columns lo..hi are built: the rest of a crop is zero fill, and a box far larger
+    than the image must not cost memory in proportion to its area.
+    """
+    hi = n_in if hi is None else hi
     factor = n_in / n_out
     # Bilinear sample positions of ndimage.zoom(grid_mode=True): pixel-area aligned.
     pos = (np.arange(n_out) + 0.5) * factor - 0.5
@@ -93,16 +98,16 @@ def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     src = _mirror(centre[:, :, None] + offsets[None, None, :], n_in)  # (n_out, 2, K)
     weights = tap_w[:, :, None] * kernel[None, None, :]
     rows = np.broadcast_to(np.arange(n_out)[:, None, None], src.shape)
-    matrix = np.zeros((n_out, n_in))
-    np.add.at(matrix, (rows.ravel(), src.ravel()), weights.ravel())
+    keep = (src >= lo) & (src < hi)
+    matrix = np.zeros((n_out, hi - lo))
+    np.add.at(matrix, (rows[keep], src[keep] - lo), weights[keep])
     return matrix
 
 
 def _resize(region: np.ndarray, size: int) -> np.ndarray:
     """skimage.transform.resize(region, (size, size)) for a float64 (h, w, 3) array."""
-    h, w = region.shape[:2]
-    rows = _resize_matrix(h, size)
-    cols = _resize_matrix(w, size)
+    rows = _resize_matrix(region.shape[0], size)
+    cols = _resize_matrix(region.shape[1], size)
     out = np.einsum("ih,hwc->iwc", rows, region, optimize=True)
     out = np.einsum("jw,iwc->ijc", cols, out, optimize=True)
     # skimage clips to the input's range (only rounding noise can exceed it here).
@@ -126,12 +131,22 @@ def crop_image(image: np.ndarray, center, scale: float) -> np.ndarray:
             "pass a larger box."
         )
     img_h, img_w = image.shape[:2]
-    region = np.zeros((crop_h, crop_w, 3), dtype=np.float64)
     sx0, sx1 = max(0, ul[0]), min(img_w, br[0])
     sy0, sy1 = max(0, ul[1]), min(img_h, br[1])
-    if sx1 > sx0 and sy1 > sy0:
-        region[sy0 - ul[1] : sy1 - ul[1], sx0 - ul[0] : sx1 - ul[0]] = image[sy0:sy1, sx0:sx1]
-    return _resize(region, CROP_SIZE).astype(np.float32)
+    if sx1 <= sx0 or sy1 <= sy0:
+        return np.zeros((CROP_SIZE, CROP_SIZE, 3), dtype=np.float32)
+    # Resize only the part inside the image: the zero fill contributes nothing, so the crop
+    # region itself is never allocated (a huge box costs no more than the image).
+    part = image[sy0:sy1, sx0:sx1].astype(np.float64)
+    if (sx1 - sx0, sy1 - sy0) == (crop_w, crop_h):
+        return _resize(part, CROP_SIZE).astype(np.float32)
+    rows = _resize_matrix(crop_h, CROP_SIZE, sy0 - ul[1], sy1 - ul[1])
+    cols = _resize_matrix(crop_w, CROP_SIZE, sx0 - ul[0], sx1 - ul[0])
+    out = np.einsum("ih,hwc->iwc", rows, part, optimize=True)
+    out = np.einsum("jw,iwc->ijc", cols, out, optimize=True)
+    # skimage clips to the input's range, zero fill included (only rounding noise exceeds it).
+    lo, hi = min(float(part.min()), 0.0), max(float(part.max()), 0.0)
+    return np.clip(out, lo, hi).astype(np.float32)
 
 
 def normalize_crops(crops) -> np.ndarray:

@@ -115,3 +115,23 @@ def test_prepare_crops_ignores_score_column_and_accepts_no_boxes():
     assert crops.shape == (0, 224, 224, 3) and centres.shape == (0, 2) and scales.shape == (0,)
     with pytest.raises(FrameError):
         preprocess.prepare_crops(image, [[1, 2, 3]])
+
+
+def test_huge_box_costs_no_more_than_the_image():
+    """A box far larger than the image (a typo in --bbox) must not allocate its whole area
+    (100000² px × 3 × float64 = 224 GiB) and still gives the reference's crop."""
+    import tracemalloc
+
+    image = np.full((240, 320, 3), 200, dtype=np.uint8)
+    centre, scale = preprocess.box_to_center_scale((0.0, 0.0, 100000.0, 100000.0))
+    tracemalloc.start()
+    crop = preprocess.crop_image(image, centre, scale)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 500e6
+    # The image lands in the top-left 224/100000 of the crop: a faint dot, the rest black.
+    assert crop[0, 0].max() > 0 and crop[4:].max() == 0 and crop[:, 4:].max() == 0
+    small = preprocess.box_to_center_scale((-300.0, -200.0, 900.0, 700.0))
+    np.testing.assert_allclose(
+        preprocess.crop_image(image, *small), _reference_crop(image, *small), atol=1e-3
+    )
