@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import sys
@@ -93,7 +94,15 @@ def _find_people(finder, image: np.ndarray, args: argparse.Namespace):
     network pass per person is reused); when nobody is found, the whole image is the box.
     """
     if args.bbox:
-        return np.asarray(args.bbox, dtype=np.float64), []
+        boxes = np.asarray(args.bbox, dtype=np.float64)
+        h, w = image.shape[:2]
+        for x0, y0, x1, y1 in boxes:
+            if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+                raise DPoseError(
+                    f"--bbox {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {w}x{h} image; "
+                    "give x0,y0,x1,y1 in pixels of the image."
+                )
+        return boxes, []
     if finder is not None:
         detections = finder.find(image)
         done = [d.estimate.select(d.row) for d in detections if d.estimate is not None]
@@ -112,8 +121,24 @@ def _json_ready(value):
     return value
 
 
+def _prepare_output(output: str | None) -> None:
+    """Make -o's folder before any work, so a bad path fails now, not after the whole run."""
+    if output is None:
+        return
+    path = Path(output)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DPoseError(f"Cannot create the output folder {path.parent} ({exc.strerror or exc}); "
+                         "choose another -o.") from exc  # fmt: skip
+    if path.is_dir() or not os.access(path.parent, os.W_OK):
+        raise DPoseError(f"Cannot write {path} (a folder, or no write permission there); "
+                         "choose another -o.")  # fmt: skip
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
     inputs = [Path(p) for p in args.inputs]
+    suffix = None if args.output is None else Path(args.output).suffix.lower()
     if any(_is_sequence_input(p) for p in inputs):
         try:
             from . import sequence
@@ -121,17 +146,18 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             raise DPoseError(
                 "Video and folder inputs need dpose_core.sequence, which is not installed."
             ) from exc
+        if suffix == ".npz":
+            _prepare_output(args.output)
         return int(sequence.run_cli(args) or 0)
-    if args.output is not None and Path(args.output).suffix.lower() not in (".json", ".npz"):
+    if suffix is not None and suffix not in (".json", ".npz"):
         raise DPoseError(f"Output must end in .json or .npz, got {args.output}.")
+    _prepare_output(args.output)
     from .estimator import Estimator
     from .frames import read_image
 
     estimator = Estimator(
         args.checkpoint, backend=args.backend, device=args.device, max_batch=args.batch
     )
-    for note in estimator.notes:
-        print(f"dpose: note: {note}", file=sys.stderr)
     results = []
     progress = _progress(len(inputs), "estimate")
     finder = _make_finder(estimator, args)
@@ -165,22 +191,26 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if not results:
         raise NoPersonError("Nobody was found; pass --bbox x0,y0,x1,y1 to say where people are.")
     merged = _merge(results)
-    payload = merged.to_dict(dense=args.output is not None and args.output.endswith(".npz"))
+    payload = merged.to_dict(dense=suffix == ".npz")
     meta = {
         "image_paths": np.array([str(p) for p in inputs]),
         "backend": np.array(estimator.backend),
         "device": np.array(estimator.device),
         "checkpoint": np.array(str(estimator.checkpoint_path)),
     }
-    if args.output is None or args.output.endswith(".json"):
-        doc = {k: _json_ready(v) for k, v in {**meta, **payload}.items()}
-        text = json.dumps(doc)
-        if args.output is None:
-            print(text)
+    try:
+        if suffix != ".npz":
+            doc = {k: _json_ready(v) for k, v in {**meta, **payload}.items()}
+            text = json.dumps(doc)
+            if args.output is None:
+                print(text)
+            else:
+                Path(args.output).write_text(text)
         else:
-            Path(args.output).write_text(text)
-    else:
-        np.savez_compressed(args.output, **meta, **payload)
+            with open(args.output, "wb") as fh:  # a path would get ".npz" added to ".NPZ"
+                np.savez_compressed(fh, **meta, **payload)
+    except OSError as exc:
+        raise DPoseError(f"Cannot write {args.output}: {exc.strerror or exc}.") from exc
     if args.output is not None:
         print(f"wrote {args.output}: {len(merged)} person crop(s) in {len(inputs)} image(s) "
               f"[{estimator.backend} on {estimator.device}]", file=sys.stderr)  # fmt: skip
@@ -344,9 +374,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _NoteHandler(logging.Handler):
+    """dpose_core's warnings (e.g. a CUDA fallback) as one `dpose: note:` line on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"dpose: note: {record.getMessage()}", file=sys.stderr)
+
+
+def _route_notes() -> None:
+    logger = logging.getLogger("dpose_core")
+    if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
+        logger.addHandler(_NoteHandler(logging.WARNING))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (`dpose`); returns the exit status."""
     args = build_parser().parse_args(argv)
+    _route_notes()
     if getattr(args, "batch", 1) < 1:
         print("dpose: error: --batch must be at least 1", file=sys.stderr)
         return EXIT_ERROR

@@ -158,3 +158,35 @@ def test_folder_input_is_delegated_to_the_sequence_engine(checkpoint_path, tmp_p
         assert out.exists()
     else:
         assert rc == 2 and str(folder) in err and "(2 frames)" in err  # frames 0 and 2
+
+
+def test_estimate_output_folder_case_and_cuda_note(checkpoint_path, images, tmp_path, capsys):
+    """-o in a folder not made yet is created; .NPZ is an npz; a CUDA fallback is said once."""
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "new" / "sub" / "OUT.NPZ"
+    assert main(["estimate", str(images[0]), "--checkpoint", str(checkpoint_path),
+                 "--bbox", BOX, "--device", "cuda", "-o", str(out)]) == 0  # fmt: skip
+    with np.load(out) as npz:
+        assert npz["depth"].shape == (1, 224, 224)
+    err = capsys.readouterr().err
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    assert err.count("CUDA was requested") == (0 if has_cuda else 1), err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--bbox", "5000,5000,9000,9000"], "outside the 300x420 image"),
+        (["--bbox", BOX, "-o", "{tmp}/file.txt/out.json"], "choose another -o"),
+        (["--bbox", BOX, "-o", "{tmp}/folder.json"], "choose another -o"),
+    ],
+)
+def test_estimate_bad_box_or_output_fails_before_running(
+    checkpoint_path, images, tmp_path, capsys, extra, message
+):
+    (tmp_path / "file.txt").write_text("in the way")
+    (tmp_path / "folder.json").mkdir()
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    rc = main(["estimate", str(images[0]), "--checkpoint", str(checkpoint_path), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "wrote" not in err
