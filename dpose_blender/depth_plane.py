@@ -279,6 +279,9 @@ def _is_our_handler(func) -> bool:
 def register() -> None:
     import bpy
 
+    # Persistent: Blender drops other handlers when a file is opened, and the relief of a
+    # saved .blend (a farm run's output) must still follow the frame after File > Open.
+    bpy.app.handlers.persistent(_on_frame_change)
     handlers = bpy.app.handlers.frame_change_post
     if _on_frame_change not in handlers:
         handlers.append(_on_frame_change)

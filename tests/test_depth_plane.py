@@ -85,3 +85,24 @@ def test_sequence_relief_follows_the_current_frame(tmp_path):
     assert not [h for h in bpy.app.handlers.frame_change_post if dp._is_our_handler(h)]
     scene.frame_set(5)  # no handler any more: the mesh stays as it was
     assert len(obj.data.vertices) == n_first
+
+
+def test_relief_keeps_following_frames_after_opening_a_file(tmp_path):
+    """The handler survives File > Open, so a saved sequence's relief still moves."""
+    import bpy
+
+    dp = import_blender_module("depth_plane")
+    frames = [_frame(seed=0, radius=0.2), _frame(seed=1, radius=0.4, z_ref=6.0)]
+    cache = dp.save_relief_cache(tmp_path / "relief.npz", frames, scene_frames=[1, 5])
+    obj = dp.create_depth_plane(bpy.context.scene.collection, frames[0], name="Relief")
+    obj[dp.CACHE_PROP] = str(cache)
+    n_first = len(obj.data.vertices)
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "relief.blend"))
+    dp.register()
+    try:
+        bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "relief.blend"))
+        assert [h for h in bpy.app.handlers.frame_change_post if dp._is_our_handler(h)]
+        bpy.context.scene.frame_set(5)
+        assert len(bpy.data.objects["Relief"].data.vertices) > n_first
+    finally:
+        dp.unregister()
