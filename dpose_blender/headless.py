@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
@@ -92,6 +93,11 @@ def _check_writable(path: str, what: str) -> Path:
         raise UsageError(f"cannot write {what} {target}: the folder {parent} does not exist.")
     if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise UsageError(f"cannot write {what} {target}: permission denied.")
+    try:  # os.access says yes to root and on read-only mounts: try a file there for real
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".dpose-write-test-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write {what} {target}: {exc.strerror or exc}.") from exc
     return target
 
 

@@ -65,6 +65,12 @@ def test_unwritable_output_fails(tmp_path, checkpoint_path, image_folder):
                       "--checkpoint", checkpoint_path], tmp_path)
     assert code == 2
     assert "error: cannot write the output .blend" in out
+    # A folder that exists but takes no files (even for root, where os.access says yes).
+    code, out = _run(["--input", image_folder, "--output", "/proc/o.blend",
+                      "--checkpoint", checkpoint_path], tmp_path)
+    assert code == 2, out
+    assert "error: cannot write the output .blend /proc/o.blend" in out
+    assert "Traceback" not in out
 
 
 def test_missing_input_and_bad_range_fail(tmp_path, checkpoint_path, image_folder):
