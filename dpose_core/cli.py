@@ -38,6 +38,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".onnx":
         out = out / "model.onnx"
+    _prepare_output(str(out))
     arrays = load_checkpoint_arrays(ckpt)
     if args.self_contained:
         try:
@@ -47,14 +48,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
                 f"--self-contained exports through PyTorch, which is not usable here ({exc}); "
                 "drop the flag to convert without torch."
             ) from exc
-        export_onnx(arrays, out)
+        try:
+            export_onnx(arrays, out)
+        except OSError as exc:
+            raise DPoseError(f"Cannot write {out}: {exc.strerror or exc}.") from exc
         print(f"wrote {out} (self-contained, weights embedded)")
         return EXIT_OK
     from .onnx_model import WEIGHTS_FILE, write_runtime_model
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     weights = out.parent / WEIGHTS_FILE
-    model = write_runtime_model(arrays, out.parent, model_name=out.name)
+    try:
+        model = write_runtime_model(arrays, out.parent, model_name=out.name)
+    except OSError as exc:
+        raise DPoseError(f"Cannot write {out.parent}: {exc.strerror or exc}.") from exc
     print(f"wrote {model} (graph) and {weights} (weights; keep them in the same folder)")
     return EXIT_OK
 
@@ -303,10 +309,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             line("FAIL", "checkpoint", f"{info.path}: {info.problem}")
     except DPoseError as exc:
         problems += 1
-        where = args.checkpoint or default_checkpoint_path()
-        line("MISSING", "checkpoint", f"{where}: {exc}")
-        print(f"          Pass --checkpoint PATH, set {CHECKPOINT_ENV}=PATH, or put the file at "
-              "~/.local/share/dpose/paper_arxiv.ckpt.")  # fmt: skip
+        where = Path(args.checkpoint).expanduser() if args.checkpoint else default_checkpoint_path()
+        if where.exists():  # there, but unreadable: the error says what is wrong with it
+            line("FAIL", "checkpoint", str(exc))
+        else:
+            line("MISSING", "checkpoint", f"{where}: {exc}")
+            print(f"          Pass --checkpoint PATH, set {CHECKPOINT_ENV}=PATH, or put the file "
+                  "at ~/.local/share/dpose/paper_arxiv.ckpt.")  # fmt: skip
 
     if args.body_model:
         from .body_model import BodyModel

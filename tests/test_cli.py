@@ -190,3 +190,17 @@ def test_estimate_bad_box_or_output_fails_before_running(
     rc = main(["estimate", str(images[0]), "--checkpoint", str(checkpoint_path), *extra])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "wrote" not in err
+
+
+def test_convert_to_an_unwritable_place_is_one_clear_error(checkpoint_path, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("in the way")
+    rc = main(["convert", str(checkpoint_path), "-o", str(tmp_path / "file.txt" / "m.onnx")])
+    assert rc == 2 and "choose another -o" in capsys.readouterr().err
+
+
+def test_doctor_says_a_truncated_checkpoint_is_broken_not_missing(tmp_path, capsys):
+    broken = tmp_path / "paper_arxiv.ckpt"
+    broken.write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    assert main(["doctor", "--checkpoint", str(broken)]) == 1
+    out = capsys.readouterr().out
+    assert "[   FAIL] checkpoint" in out and "MISSING" not in out
