@@ -150,9 +150,15 @@ def apply_image_result(scene, result: ImageResult, settings: ImageSettings) -> l
         kind="image",
     )
     created = []
+    target = bpy.data.objects.get(settings.target_rig) if settings.target_rig else None
+    if settings.target_rig and target is None:
+        from ..dpose_core.errors import DPoseError
+
+        raise DPoseError(f"The rig '{settings.target_rig}' to key was renamed or deleted while "
+                         f"D-PoSE ran: select a D-PoSE rig and run again.")
     collection = _collection(scene, f"D-PoSE {Path(result.image_path).stem}")
-    if settings.target_rig:
-        armature = bpy.data.objects[settings.target_rig]
+    if target is not None:
+        armature = target
         keyframes.key_pose(armature, est.rotmats[0], est.cam_t[0],
                            frame=scene.frame_current, coordinate_frame="opencv_camera")
         provenance.stamp(armature, record)

@@ -179,8 +179,8 @@ def start_image_job(context, settings) -> jobs.Job:
 
     def finish(job: jobs.Job) -> None:
         if job.state == jobs.DONE:
-            created = image_estimate.apply_image_result(scene, job.result, settings)
-            job.created = created
+            _apply_or_roll_back(job, scene, lambda: image_estimate.apply_image_result(
+                scene, job.result, settings))
         _finish_message(scene, job)
 
     return _start(context, "Image", work, finish)
@@ -206,12 +206,33 @@ def start_sequence_job(context, settings) -> jobs.Job:
     def finish(job: jobs.Job) -> None:
         if job.result is not None and job.state in (jobs.DONE, jobs.CANCELLED):
             result, estimator = job.result
-            job.created = sequence_job.apply_sequence_result(
-                scene, result, settings, estimator=estimator
-            )
+            _apply_or_roll_back(job, scene, lambda: sequence_job.apply_sequence_result(
+                scene, result, settings, estimator=estimator))
         _finish_message(scene, job)
 
     return _start(context, "Sequence", work, finish)
+
+
+def _apply_or_roll_back(job: jobs.Job, scene, apply) -> None:
+    """Build the result, or on any error remove what was built and mark the job failed.
+
+    Runs inside ``Job.drain`` on the main thread (a modal TIMER event or ``execute()``): an
+    exception escaping from here would leave a half-built scene, the modal timer registered
+    and a traceback instead of a report.
+    """
+    import traceback
+
+    from .rollback import SceneSnapshot
+
+    snapshot = SceneSnapshot(scene)
+    try:
+        job.created = apply()
+    except Exception as exc:  # noqa: BLE001 - any failure: the scene goes back as it was
+        job.error_text = traceback.format_exc()
+        print(job.error_text)
+        snapshot.restore()
+        job.created = []
+        job.state, job.error = jobs.FAILED, exc
 
 
 def _start(context, label, work, finish) -> jobs.Job:

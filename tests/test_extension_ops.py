@@ -430,3 +430,42 @@ def test_cancel_keeps_processed_frames(ext, folder_with_corrupt_frame, tmp_path)
     # A valid action: every channel holds exactly the processed frames.
     counts = {len(fc.keyframe_points) for fc in ext.anim_compat.iter_fcurves(rig)}
     assert counts == {len(frames)}
+
+
+def test_failure_while_building_rolls_back_and_reports(ext, image_file, monkeypatch):
+    """An error after the rigs exist (here: the camera step) leaves the scene as it was."""
+    import bpy
+
+    scene = bpy.context.scene
+    scene.frame_start, scene.frame_end = 3, 9
+    before = {kind: len(getattr(bpy.data, kind))
+              for kind in ("objects", "collections", "armatures", "actions", "cameras")}
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("camera refused")
+
+    import importlib
+
+    scene_camera = importlib.import_module(f"{EXT}.dpose_blender.scene_camera")
+    monkeypatch.setattr(scene_camera, "ensure_camera", refuse)
+    scene.dpose.image_path = str(image_file)
+    scene.dpose.people = "LARGEST"
+    with pytest.raises(RuntimeError, match="D-PoSE: camera refused"):
+        bpy.ops.dpose.estimate_image()
+    after = {kind: len(getattr(bpy.data, kind)) for kind in before}
+    assert after == before
+    assert (scene.frame_start, scene.frame_end, scene.camera) == (3, 9, None)
+    assert scene.dpose.last_report == "Image failed: camera refused"
+    assert ext.jobs.active_job() is None
+
+    # Keying onto a rig that was deleted while the job ran: a message saying what to do.
+    job = ext.operators.start_image_job(bpy.context, ext.operators.image_settings(bpy.context))
+    job.wait(timeout=300)
+    settings = ext.operators.image_settings(bpy.context)
+    settings.target_rig = "Deleted rig"
+    from dpose_core.errors import DPoseError
+
+    with pytest.raises(Exception, match="renamed or deleted.*select a D-PoSE rig") as info:
+        ext.image_estimate.apply_image_result(scene, job.result, settings)
+    assert type(info.value).__name__ == DPoseError.__name__
+    assert len(bpy.data.collections) == before["collections"]

@@ -1,0 +1,46 @@
+"""Undo a half-built result: if building rigs/camera/relief fails midway, remove what was made.
+
+A job's result is applied on the main thread in several steps (collection, rigs, keys, camera,
+footage, relief). An error between two steps (a rig renamed or deleted while the job ran, a
+scene switched, a Blender API refusing a mode change) would otherwise leave an empty armature,
+a lone collection or a camera without rigs, and a changed frame range. ``SceneSnapshot``
+records which data-blocks exist and the scene settings the apply step may change, and
+``restore()`` deletes the new data-blocks and puts those settings back.
+"""
+
+from __future__ import annotations
+
+import bpy
+
+# Data-block kinds the apply step creates (objects first: they use the others).
+_KINDS = ("objects", "collections", "armatures", "meshes", "cameras", "actions", "materials",
+          "images", "node_groups", "textures")
+_SCENE_ATTRS = ("frame_start", "frame_end", "camera")
+_RENDER_ATTRS = ("fps", "fps_base", "resolution_x", "resolution_y", "resolution_percentage",
+                 "pixel_aspect_x", "pixel_aspect_y")
+
+
+class SceneSnapshot:
+    """The data-blocks and scene settings before a result is applied to ``scene``."""
+
+    def __init__(self, scene) -> None:
+        self.scene = scene
+        self._ids = {kind: {id_.session_uid for id_ in getattr(bpy.data, kind)}
+                     for kind in _KINDS}
+        self._scene = {a: getattr(scene, a) for a in _SCENE_ATTRS}
+        self._render = {a: getattr(scene.render, a) for a in _RENDER_ATTRS}
+
+    def new_ids(self) -> list:
+        """Data-blocks created since the snapshot."""
+        return [id_ for kind in _KINDS for id_ in getattr(bpy.data, kind)
+                if id_.session_uid not in self._ids[kind]]
+
+    def restore(self) -> None:
+        """Remove the new data-blocks and put the scene's frame range, camera and render back."""
+        new = self.new_ids()
+        if new:
+            bpy.data.batch_remove(new)
+        for attr, value in self._scene.items():
+            setattr(self.scene, attr, value)
+        for attr, value in self._render.items():
+            setattr(self.scene.render, attr, value)
