@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .rotations import (
-    axis_angle_to_matrix,
     make_quaternions_continuous,
     matrix_to_axis_angle,
     matrix_to_quaternion,
@@ -237,12 +236,6 @@ class Motion:
         return cache is not None and cache[0].shape == self.rotmats.shape and np.array_equal(
             cache[0], self.rotmats
         )
-
-    def set_axis_angle(self, axis_angle: np.ndarray) -> None:
-        """Replace the rotations by axis-angle (N,55,3); as_axis_angle() then returns it as is."""
-        aa = _shaped(axis_angle, (self.num_frames, NUM_JOINTS, 3), "axis_angle")
-        self.rotmats = axis_angle_to_matrix(aa)
-        self._axis_angle_cache = (self.rotmats.copy(), aa.copy())
 
     def as_axis_angle(self) -> np.ndarray:
         """Rotations as axis-angle (N,55,3), radians (angles in [0, pi] unless read from a file)."""

@@ -514,14 +514,6 @@ def outputs_as_dict(outputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor
     return dict(zip(OUTPUT_NAMES, outputs, strict=True))
 
 
-def state_dict_spec(module: nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
-    """(name, shape, dtype name) for every state-dict entry, in state-dict order."""
-    return [
-        (name, tuple(t.shape), str(t.dtype).removeprefix("torch."))
-        for name, t in module.state_dict().items()
-    ]
-
-
 @functools.cache
 def expected_state_dict_spec() -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Name -> (shape, dtype) of every entry `build_network` expects, in state-dict order.
