@@ -5,7 +5,7 @@ footage, relief). An error between two steps (a rig renamed or deleted while the
 scene switched, a Blender API refusing a mode change) would otherwise leave an empty armature,
 a lone collection or a camera without rigs, and a changed frame range. ``SceneSnapshot``
 records which data-blocks exist and the scene settings the apply step may change, and
-``restore()`` deletes the new data-blocks and puts those settings back.
+``restore()`` deletes the new data-blocks and timeline markers and puts those settings back.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class SceneSnapshot:
                      for kind in _KINDS}
         self._scene = {a: getattr(scene, a) for a in _SCENE_ATTRS}
         self._render = {a: getattr(scene.render, a) for a in _RENDER_ATTRS}
+        self._markers = {m.as_pointer() for m in scene.timeline_markers}
 
     def new_ids(self) -> list:
         """Data-blocks created since the snapshot."""
@@ -36,7 +37,7 @@ class SceneSnapshot:
                 if id_.session_uid not in self._ids[kind]]
 
     def restore(self) -> None:
-        """Remove the new data-blocks and put the scene's frame range, camera and render back."""
+        """Remove new data-blocks and markers; put frame range, camera and render back."""
         new = self.new_ids()
         if new:
             bpy.data.batch_remove(new)
@@ -44,3 +45,6 @@ class SceneSnapshot:
             setattr(self.scene, attr, value)
         for attr, value in self._render.items():
             setattr(self.scene.render, attr, value)
+        markers = self.scene.timeline_markers
+        for marker in [m for m in markers if m.as_pointer() not in self._markers]:
+            markers.remove(marker)
