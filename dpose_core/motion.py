@@ -101,8 +101,8 @@ class Motion:
             self.image_size = _shaped(self.image_size, (2,), "image_size")
         self.gender = str(self.gender)
         self.coordinate_frame = str(self.coordinate_frame)
-        if not np.all(np.isfinite(self.rotmats)) or not np.all(np.isfinite(self.transl)):
-            raise ValueError("rotmats and transl must be finite (no NaN/inf)")
+        if not all(np.all(np.isfinite(a)) for a in (self.rotmats, self.transl, self.betas)):
+            raise ValueError("rotmats, transl and betas must be finite (no NaN/inf)")
 
     # ------------------------------------------------------------------ construction
     @classmethod

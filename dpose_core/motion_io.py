@@ -99,9 +99,14 @@ def load_motion_npz(path: str | os.PathLike) -> Motion:
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise MotionFileError(f"Cannot read {path.name} as an .npz file: {exc}") from exc
     try:
-        return motion_from_arrays(data)
+        motion = motion_from_arrays(data)
     except MotionFileError as exc:
         raise MotionFileError(f"{path.name}: {exc}") from exc
+    except (ValueError, TypeError) as exc:  # e.g. text where numbers belong
+        raise MotionFileError(f"{path.name}: an array has the wrong type ({exc}).") from exc
+    if motion.num_frames == 0:
+        raise MotionFileError(f"{path.name} holds no frames.")
+    return motion
 
 
 def motion_from_arrays(data: dict[str, np.ndarray]) -> Motion:

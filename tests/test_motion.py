@@ -216,6 +216,18 @@ def test_bad_files_raise_motion_file_error(tmp_path):
     np.savez(tmp_path / "conf.npz", poses=np.zeros((2, 165)), dpose_confidence=np.ones(5))
     with pytest.raises(MotionFileError, match="confidence"):
         load_motion_npz(tmp_path / "conf.npz")
+    bad = {
+        "text_poses": ({"poses": np.array([["a"] * 165])}, "wrong type"),
+        "text_trans": ({"poses": np.zeros((2, 165)), "trans": np.full((2, 3), "x")}, "wrong type"),
+        "text_frames": ({"poses": np.zeros((2, 165)), "dpose_frame_indices": np.array(["a", "b"])},
+                        "wrong type"),
+        "nan_betas": ({"poses": np.zeros((2, 165)), "betas": np.full(10, np.nan)}, "finite"),
+        "no_frames": ({"poses": np.zeros((0, 165))}, "no frames"),
+    }
+    for name, (arrays, message) in bad.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        with pytest.raises(MotionFileError, match=message):
+            load_motion_npz(tmp_path / f"{name}.npz")
 
 
 def test_body_output_uses_transl(body_model_npz):
