@@ -9,6 +9,7 @@ and 51 barycentric face landmarks. Output frame = the frame of rotation 0 (for D
 OpenCV camera frame, x right, y down, z forward, metres).
 """
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,10 @@ class BodyModel:
                 f"{NUM_BETAS} (a SMPL-X v1.0 file has only 10)"
             )
         self.shapedirs = np.ascontiguousarray(self.shapedirs[..., :NUM_BETAS])
+        for name in ("v_template", "shapedirs", "posedirs", "J_regressor", "lbs_weights",
+                     "lmk_bary_coords"):  # fmt: skip
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise ValueError(f"{name} contains NaN or infinite values")
         self.parents[0] = -1
         if np.any(self.parents[1:] < 0) or np.any(self.parents[1:] >= np.arange(1, NUM_JOINTS)):
             raise ValueError("parents must list each joint after its parent (kinematic tree)")
@@ -168,15 +173,19 @@ class BodyModel:
             try:
                 with np.load(path, allow_pickle=False) as npz:
                     data = {k: npz[k] for k in npz.files}
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
                 raise BodyModelError(
-                    f"Cannot read SMPL-X file {path}: {exc}. {_HOW_TO_GET}"
+                    f"Cannot read SMPL-X file {path} (damaged or cut short?): {exc}. {_HOW_TO_GET}"
                 ) from exc
         elif path.suffix.lower() == ".pkl":
             data = _read_pkl(path)
         else:
             raise BodyModelError(f"{path} is not an SMPL-X .npz or .pkl file. {_HOW_TO_GET}")
-        return cls._from_model_file_dict(data, path)
+        try:
+            return cls._from_model_file_dict(data, path)
+        except (ValueError, TypeError, IndexError) as exc:  # e.g. text where numbers belong
+            raise BodyModelError(f"{path.name} holds malformed SMPL-X arrays: {exc}. "
+                                 f"{_HOW_TO_GET}") from exc  # fmt: skip
 
     @classmethod
     def _from_model_file_dict(cls, data: dict, path: Path) -> "BodyModel":

@@ -215,6 +215,17 @@ def test_load_folder_and_errors(tmp_path, body_model_npz):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(BodyModelError):
         BodyModel.load(tmp_path / "junk.npz")
+    # A download cut short (a zip missing its end), text for numbers, NaN: clear errors.
+    (tmp_path / "cut.npz").write_bytes(body_model_npz.read_bytes()[:100_000])
+    with pytest.raises(BodyModelError, match="cut short"):
+        BodyModel.load(tmp_path / "cut.npz")
+    np.savez(tmp_path / "text.npz", **dict(arrays, kintree_table=np.full((2, 55), "a")))
+    with pytest.raises(BodyModelError, match="malformed"):
+        BodyModel.load(tmp_path / "text.npz")
+    nan = dict(arrays, v_template=np.full_like(arrays["v_template"], np.nan))
+    np.savez(tmp_path / "nan.npz", **nan)
+    with pytest.raises(BodyModelError, match="NaN"):
+        BodyModel.load(tmp_path / "nan.npz")
 
 
 def test_forward_rejects_bad_shapes(model):
