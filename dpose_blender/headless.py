@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=0, help="first source frame (0-based)")
     p.add_argument("--end", type=int, default=None, help="stop before this source frame")
     p.add_argument("--stride", type=int, default=1, help="use every N-th frame")
-    p.add_argument("--person", default="all", help="'all', 'largest' or a track number")
+    p.add_argument("--person", type=_parse_person, default="all",
+                   help="'all', 'largest' or a track number")
     p.add_argument("--bbox", type=_parse_box, default=None, metavar="X0,Y0,X1,Y1",
                    help="the person's box in pixels on every frame (default: find people)")
     p.add_argument("--smooth", type=float, default=0.5, help="smoothing strength 0 (off) to 1")
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mesh", action="store_true", help="add the skinned SMPL-X mesh")
     p.add_argument("--depth-plane", action="store_true", help="add the depth relief")
     return p
+
+
+def _parse_person(text: str) -> str:
+    if text in ("all", "largest") or text.isdigit():
+        return text
+    raise argparse.ArgumentTypeError(f"expected 'all', 'largest' or a track number, got {text!r}")
 
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:
@@ -125,6 +132,8 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
                          f"--stride {args.stride}: need 0 <= start < end and stride >= 1.")
     if not 0.0 <= args.smooth <= 1.0:
         raise UsageError(f"--smooth must be between 0 and 1, got {args.smooth}.")
+    if args.fov is not None and not 1.0 <= args.fov <= 179.0:
+        raise UsageError(f"--fov must be between 1 and 179 degrees, got {args.fov}.")
     source = Path(args.input).expanduser()
     if not source.exists():
         raise UsageError(f"the input {source} does not exist.")

@@ -80,6 +80,10 @@ def test_missing_input_and_bad_range_fail(tmp_path, checkpoint_path, image_folde
     code, out = _run(["--input", image_folder, "--output", tmp_path / "o.blend",
                       "--checkpoint", checkpoint_path, "--stride", "0"], tmp_path)
     assert code == 2 and "stride" in out
+    for flag, value, word in (("--person", "tallest", "track number"), ("--fov", "500", "fov")):
+        code, out = _run(["--input", image_folder, "--output", tmp_path / "o.blend",
+                          "--checkpoint", checkpoint_path, flag, value], tmp_path)
+        assert code == 2 and word in out and "Traceback" not in out, out
 
 
 def test_argument_handling_after_double_dash():
