@@ -124,13 +124,3 @@ def ensure_fcurve(
             group = bag.groups.get(group_name) or bag.groups.new(group_name)
             fcurve.group = group
     return fcurve
-
-
-def remove_fcurve(owner: bpy.types.ID, fcurve: bpy.types.FCurve) -> None:
-    """Delete one F-curve from `owner`'s action."""
-    if not has_slotted_actions():
-        owner.animation_data.action.fcurves.remove(fcurve)
-        return
-    bag = _channelbag(owner, create=False)
-    if bag is not None:
-        bag.fcurves.remove(fcurve)

@@ -382,11 +382,3 @@ def _select_only(objects: list) -> None:
         obj.select_set(True)
     if objects:
         bpy.context.view_layer.objects.active = objects[0]
-
-
-def result_summary(result: SequenceJobResult) -> str:
-    keys = sum(len(m) for m in result.motions.values())
-    return (f"{len(result.motions)} track(s), {keys} posed frames, "
-            f"{len(result.failures)} skipped, {result.frames_per_second:.2f} frames/s"
-            + (" (cancelled)" if result.cancelled else ""))
-
