@@ -383,6 +383,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bad_number_option(args: argparse.Namespace) -> str | None:
+    """What is wrong with estimate's numeric options (checked before any work), or None."""
+    if args.command != "estimate":
+        return None
+    if args.batch < 1:
+        return "--batch must be at least 1"
+    if args.start < 0 or args.stride < 1:
+        return "--start must be 0 or more and --stride at least 1"
+    if args.end is not None and args.end <= args.start:
+        return f"--end ({args.end}) must be after --start ({args.start})"
+    for name in ("fps", "focal"):
+        value = getattr(args, name)
+        if value is not None and not (np.isfinite(value) and value > 0):
+            return f"--{name} must be a positive number of {'frames/s' if name == 'fps' else 'px'}"
+    if not (np.isfinite(args.smooth) and args.smooth >= 0):
+        return "--smooth must be 0 (off) or more"
+    return None
+
+
 class _NoteHandler(logging.Handler):
     """dpose_core's warnings (e.g. a CUDA fallback) as one `dpose: note:` line on stderr."""
 
@@ -400,8 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point (`dpose`); returns the exit status."""
     args = build_parser().parse_args(argv)
     _route_notes()
-    if getattr(args, "batch", 1) < 1:
-        print("dpose: error: --batch must be at least 1", file=sys.stderr)
+    problem = _bad_number_option(args)
+    if problem:
+        print(f"dpose: error: {problem}", file=sys.stderr)
         return EXIT_ERROR
     try:
         return int(args.func(args) or 0)

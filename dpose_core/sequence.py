@@ -260,6 +260,9 @@ def estimate_sequence(
             continue
         result[number] = _build_motion(buf, indices, frames.fps, smooth, low_confidence)
     if person != "all" and person not in result and not result.cancelled:
+        if not kept:
+            raise NoPersonError(f"Track {person} does not exist: nobody was found in "
+                                f"{result.frames_processed} frames.")
         raise NoPersonError(f"Track {person} does not exist: {len(kept)} person track(s) were "
                             f"found (numbered 0 to {len(kept) - 1}). Use --person all to see "
                             "them all.")

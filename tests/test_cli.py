@@ -204,3 +204,14 @@ def test_doctor_says_a_truncated_checkpoint_is_broken_not_missing(tmp_path, caps
     assert main(["doctor", "--checkpoint", str(broken)]) == 1
     out = capsys.readouterr().out
     assert "[   FAIL] checkpoint" in out and "MISSING" not in out
+
+
+@pytest.mark.parametrize(
+    "option", [["--start", "-1"], ["--start", "5", "--end", "2"], ["--stride", "0"],
+               ["--fps", "-3"], ["--fps", "0"], ["--smooth", "-1"], ["--focal", "nan"]],
+)
+def test_bad_frame_options_are_one_clear_error(option, tmp_path, capsys):
+    (tmp_path / "clip").mkdir()
+    rc = main(["estimate", str(tmp_path / "clip"), "-o", str(tmp_path / "m.npz"), *option])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("dpose: error: --") and len(err.splitlines()) == 1, err

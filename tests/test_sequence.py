@@ -117,6 +117,10 @@ def test_two_people_get_two_tracks_and_person_selection(tmp_path):
     assert sorted(only.tracker_ids) == [0, 1]
     with pytest.raises(NoPersonError, match="Track 5"):
         estimate_sequence(path, net, person=5, finder=ManualBoxFinder(person_box(0, 1)))
+    empty = tmp_path / "empty.avi"
+    write_video(empty, 3, people=())
+    with pytest.raises(NoPersonError, match="Track 0 does not exist: nobody was found in 3"):
+        estimate_sequence(empty, net, person=0, finder=SegmentationFinder(net))
 
 
 class ManualBoxes:
