@@ -421,7 +421,9 @@ def _focal_per_image(focal_px, n_images: int) -> list[np.ndarray | None]:
     """None | number | (fx, fy) | per-image sequence -> one (2,) array (or None) per image."""
     if focal_px is None:
         return [None] * n_images
-    if np.ndim(focal_px) == 0:
+    if isinstance(focal_px, int | float | np.number) or (
+        isinstance(focal_px, np.ndarray) and focal_px.ndim == 0
+    ):  # not np.ndim: it fails on a ragged list such as [None, (fx, fy)]
         focal_px = [focal_px] * n_images
     if len(focal_px) != n_images:
         raise DPoseError(f"focal_px has {len(focal_px)} entries for {n_images} images.")

@@ -4,7 +4,7 @@ batching, and honest device reporting."""
 import numpy as np
 import pytest
 
-from dpose_core import camera, preprocess
+from dpose_core import preprocess
 from dpose_core.errors import CheckpointError, DPoseError, FrameError
 from dpose_core.estimator import Estimate, Estimator
 from dpose_core.rotations import axis_angle_to_matrix
@@ -87,8 +87,28 @@ def test_axis_angle_and_boxes_are_consistent(batch):
     np.testing.assert_allclose(batch.box_center[0], centre)
     assert batch.box_scale[0] == pytest.approx(scale)
     np.testing.assert_array_equal(batch.crop_box[0], preprocess.crop_box(centre, scale))
-    info = camera.bbox_info(batch.box_center, batch.box_scale, batch.image_size, batch.focal_px)
-    assert info.shape == (2, 3)
+
+
+def test_network_is_fed_cliff_bbox_info_with_each_images_own_focal(estimator, monkeypatch):
+    """What the network sees, hand-computed (spec §7.3): all terms divide by that crop's fx."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(crops, info):
+        seen["crops"], seen["info"] = crops, info
+        raise Stop
+
+    monkeypatch.setattr(estimator, "run_crops", capture)
+    with pytest.raises(Stop):
+        estimator.estimate_batch([IMAGE_A, IMAGE_B], [[BOX_A], [BOX_B]],
+                                 focal_px=[None, (500.0, 400.0)])  # fmt: skip
+    # A: 640x480, centre (225, 250), side 420, f = diagonal 800. B: 200x300, centre (100, 160),
+    # side 260, fx = 500 (fy is not used).
+    expected = [[-95 / 800, 10 / 800, 420 / 800], [0 / 500, 10 / 500, 260 / 500]]
+    np.testing.assert_allclose(seen["info"], expected, rtol=1e-12)
+    assert seen["crops"].shape == (2, 3, 224, 224)
 
 
 def test_select_and_dict(batch):
