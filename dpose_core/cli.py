@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DPoseError, NoPersonError
+from .errors import DPoseError, FrameError, NoPersonError
 
 EXIT_OK, EXIT_PROBLEM, EXIT_ERROR = 0, 1, 2
 
@@ -93,7 +93,7 @@ def _make_finder(estimator, args: argparse.Namespace):
     return make_finder(estimator, "auto", focal_px=args.focal)
 
 
-def _find_people(finder, image: np.ndarray, args: argparse.Namespace):
+def _find_people(finder, image: np.ndarray, args: argparse.Namespace, path: Path):
     """-> (boxes still to estimate (K,4), single-crop Estimates the finder already computed).
 
     --bbox boxes are used as given; without them the finder looks for people (its last
@@ -104,9 +104,9 @@ def _find_people(finder, image: np.ndarray, args: argparse.Namespace):
         h, w = image.shape[:2]
         for x0, y0, x1, y1 in boxes:
             if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
-                raise DPoseError(
-                    f"--bbox {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {w}x{h} image; "
-                    "give x0,y0,x1,y1 in pixels of the image."
+                raise FrameError(
+                    f"--bbox {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {w}x{h} image "
+                    f"{path}; give x0,y0,x1,y1 in pixels of the image."
                 )
         return boxes, []
     if finder is not None:
@@ -179,9 +179,18 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             group_boxes.clear()
             group_index.clear()
 
+    skipped: list[FrameError] = []
     for i, path in enumerate(inputs):
-        image = read_image(path)
-        boxes, done = _find_people(finder, image, args)
+        try:  # one bad image among many is reported and skipped, not fatal to the others
+            image = read_image(path)
+            boxes, done = _find_people(finder, image, args, path)
+        except FrameError as exc:
+            if len(inputs) == 1:
+                raise
+            print(f"dpose: skipped: {exc}", file=sys.stderr)
+            skipped.append(exc)
+            progress.update(1)
+            continue
         for est in done:
             est.image_index = np.full(len(est), i, dtype=np.int64)
             results.append(est)
@@ -194,6 +203,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         progress.update(1)
     flush()
     progress.close()
+    if len(skipped) == len(inputs):
+        raise FrameError(f"None of the {len(inputs)} images could be used (see above).")
     if not results:
         raise NoPersonError("Nobody was found; pass --bbox x0,y0,x1,y1 to say where people are.")
     merged = _merge(results)
@@ -220,6 +231,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if args.output is not None:
         print(f"wrote {args.output}: {len(merged)} person crop(s) in {len(inputs)} image(s) "
               f"[{estimator.backend} on {estimator.device}]", file=sys.stderr)  # fmt: skip
+    if skipped:
+        print(f"dpose: {len(skipped)} of {len(inputs)} images skipped (listed above)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_PROBLEM
     return EXIT_OK
 
 

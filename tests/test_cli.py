@@ -215,3 +215,16 @@ def test_bad_frame_options_are_one_clear_error(option, tmp_path, capsys):
     rc = main(["estimate", str(tmp_path / "clip"), "-o", str(tmp_path / "m.npz"), *option])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("dpose: error: --") and len(err.splitlines()) == 1, err
+
+
+def test_one_bad_image_among_several_is_skipped_not_fatal(checkpoint_path, images, tmp_path,
+                                                          capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    out = tmp_path / "some.json"
+    rc = main(["estimate", str(broken), str(images[0]), "--checkpoint", str(checkpoint_path),
+               "--bbox", BOX, "-o", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "skipped: Cannot decode image" in err and "1 of 2 images skipped" in err
+    doc = json.loads(out.read_text())
+    assert doc["image_index"] == [1] and doc["image_paths"][1] == str(images[0])
