@@ -187,7 +187,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         except FrameError as exc:
             if len(inputs) == 1:
                 raise
-            print(f"dpose: skipped: {exc}", file=sys.stderr)
+            progress.write(f"dpose: skipped: {exc}", file=sys.stderr)  # keeps the bar intact
             skipped.append(exc)
             progress.update(1)
             continue
@@ -264,6 +264,9 @@ def _progress(total: int, desc: str):
 
             def close(self) -> None:
                 pass
+
+            def write(self, text: str, file=None) -> None:
+                print(text, file=file)
 
         return _Silent()
     return tqdm(total=total, desc=desc, unit="image", file=sys.stderr)
