@@ -20,7 +20,7 @@ def _class_modules():
 def register() -> None:
     import bpy
 
-    from . import depth_plane, operators
+    from . import depth_plane, operators, preferences
 
     for module in _class_modules():
         for cls in module.classes:
@@ -28,6 +28,7 @@ def register() -> None:
             _registered.append(cls)
     operators.register_properties()
     depth_plane.register()
+    preferences.refresh_checkpoint_status()
 
 
 def unregister() -> None:

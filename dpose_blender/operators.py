@@ -115,8 +115,10 @@ def image_settings(context):
         obj = context.active_object
         from .rig import PROP_RIG
 
-        if obj is not None and obj.type == "ARMATURE" and PROP_RIG in obj:
-            target = obj.name
+        if obj is None or obj.type != "ARMATURE" or PROP_RIG not in obj:
+            raise ValueError("Key Selected Rig is on but the active object is not a D-PoSE "
+                             "rig: select one, or turn the option off to make a new rig.")
+        target = obj.name
     return ImageSettings(
         image_path=path or "",
         person=_person_choice(s),

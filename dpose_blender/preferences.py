@@ -28,8 +28,14 @@ def describe_checkpoint(path: str) -> tuple[bool, str]:
     from ..dpose_core.checkpoint import checkpoint_info
     from ..dpose_core.errors import DPoseError
 
-    if not path.strip():
-        return False, "Set the D-PoSE checkpoint (paper_arxiv.ckpt)"
+    from ..dpose_core.checkpoint import default_checkpoint_path
+
+    where = ""
+    if not path.strip():  # jobs then use $DPOSE_CHECKPOINT or the default location
+        path = str(default_checkpoint_path())
+        if not Path(path).is_file():
+            return False, "Set the D-PoSE checkpoint (paper_arxiv.ckpt)"
+        where = f" at {path}"
     try:
         info = checkpoint_info(bpy.path.abspath(path))
     except DPoseError as exc:
@@ -38,7 +44,7 @@ def describe_checkpoint(path: str) -> tuple[bool, str]:
         return False, f"Cannot read the checkpoint: {exc}"
     if not info.valid:
         return False, f"Not a D-PoSE checkpoint: {info.problem}"
-    return True, f"D-PoSE checkpoint OK ({info.network_tensors} network tensors)"
+    return True, f"D-PoSE checkpoint OK{where} ({info.network_tensors} network tensors)"
 
 
 def describe_body_model(path: str, checkpoint_ok: bool) -> tuple[bool, str]:
@@ -93,6 +99,17 @@ def refresh_status(prefs) -> None:
     prefs.checkpoint_ok = ok
     prefs.status_body_model = describe_body_model(prefs.body_model_path, ok)[1]
     prefs.status_device = resolve_device(prefs.device)[1]
+
+
+def refresh_checkpoint_status(prefs=None) -> None:
+    """Re-check the checkpoint line when the add-on starts: the saved verdict may be stale
+    (file moved, or supplied by $DPOSE_CHECKPOINT / the default location)."""
+    prefs = prefs if prefs is not None else get_preferences()
+    if prefs is None:
+        return
+    ok, text = describe_checkpoint(prefs.checkpoint_path)
+    if (ok, text) != (prefs.checkpoint_ok, prefs.status_checkpoint):  # keep prefs clean
+        prefs.status_checkpoint, prefs.checkpoint_ok = text, ok
 
 
 def _on_change(self, context) -> None:

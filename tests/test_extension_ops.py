@@ -155,6 +155,27 @@ def test_preferences_status_checks_files_and_device(ext, body_model_npz, tmp_pat
     assert not prefs.checkpoint_ok
 
 
+def test_checkpoint_from_the_environment_shows_ok_when_enabled(installed, checkpoint_path,
+                                                               monkeypatch):
+    """Jobs use $DPOSE_CHECKPOINT when the path is empty: the status says so at start-up."""
+    import bpy
+
+    addon_utils = _addon_utils()
+    monkeypatch.setenv("DPOSE_CHECKPOINT", str(checkpoint_path))
+    addon_utils.enable(EXT, default_set=True)
+    try:
+        prefs = bpy.context.preferences.addons[EXT].preferences
+        assert prefs.checkpoint_path == ""
+        assert prefs.checkpoint_ok and str(checkpoint_path) in prefs.status_checkpoint
+        monkeypatch.delenv("DPOSE_CHECKPOINT")
+        addon_utils.disable(EXT, default_set=False)
+        addon_utils.enable(EXT, default_set=False)  # Blender restarted without it
+        prefs = bpy.context.preferences.addons[EXT].preferences
+        assert not prefs.checkpoint_ok and "Set the D-PoSE checkpoint" in prefs.status_checkpoint
+    finally:
+        addon_utils.disable(EXT, default_set=True)
+
+
 # ----------------------------------------------------------------------------- panel
 class _RecordingLayout:
     """Stands in for UILayout (no UI in bpy-as-a-module): checks every property and operator
@@ -347,6 +368,11 @@ def test_image_keys_onto_selected_rig_at_current_frame(ext, image_file):
     assert bpy.ops.dpose.estimate_image() == {"FINISHED"}
     assert _rigs() == [rig]
     assert _keyed_frames(ext, rig) == [1, 12]
+    # Nothing selected: say so instead of quietly making a new rig.
+    bpy.context.view_layer.objects.active = None
+    with pytest.raises(RuntimeError, match="not a D-PoSE rig"):
+        bpy.ops.dpose.estimate_image()
+    assert _rigs() == [rig]
 
 
 # ----------------------------------------------------------------------------- sequences
