@@ -25,10 +25,8 @@ DEVICE_ITEMS = [
 
 def describe_checkpoint(path: str) -> tuple[bool, str]:
     """(ok, one line) for a checkpoint path, without reading its tensors."""
-    from ..dpose_core.checkpoint import checkpoint_info
+    from ..dpose_core.checkpoint import checkpoint_info, default_checkpoint_path
     from ..dpose_core.errors import DPoseError
-
-    from ..dpose_core.checkpoint import default_checkpoint_path
 
     where = ""
     if not path.strip():  # jobs then use $DPOSE_CHECKPOINT or the default location
