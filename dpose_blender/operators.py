@@ -426,15 +426,18 @@ class DPOSE_OT_import_motion(bpy.types.Operator):
 
 
 def body_model_for(context):
-    """The SMPL-X model from the preferences' file, else the one inside the checkpoint."""
+    """The SMPL-X model from the preferences' file, else the one inside the checkpoint.
+
+    Read straight from the checkpoint (a fraction of a second): building the network just for
+    its body model would freeze Blender for seconds on the main thread.
+    """
     from ..dpose_core.body_model import BodyModel
-    from .sequence_job import load_estimator
+    from ..dpose_core.checkpoint import load_checkpoint_arrays, resolve_checkpoint
 
     opts = estimator_options(context)
     if opts["body_model"]:
         return BodyModel.load(opts["body_model"])
-    return load_estimator(opts["checkpoint"], device=opts["device"],
-                          cache_dir=opts["cache_dir"]).body_model
+    return BodyModel.from_arrays(load_checkpoint_arrays(resolve_checkpoint(opts["checkpoint"])))
 
 
 classes = (

@@ -375,6 +375,27 @@ def test_image_keys_onto_selected_rig_at_current_frame(ext, image_file):
     assert _rigs() == [rig]
 
 
+def test_import_motion_reads_the_body_model_without_building_the_network(ext, tmp_path):
+    """The import runs on the main thread: it must not convert/load the network."""
+    import bpy
+
+    from dpose_core.motion import Motion
+    from dpose_core.motion_io import save_motion_npz
+
+    n = 3
+    path = tmp_path / "walk.npz"
+    save_motion_npz(path, Motion(rotmats=np.tile(np.eye(3), (n, 55, 1, 1)),
+                                 transl=np.zeros((n, 3)), betas=np.zeros(11), fps=30.0))
+    cache = tmp_path / "empty-cache"
+    cache.mkdir()
+    bpy.context.preferences.addons[EXT].preferences.cache_dir = str(cache)
+    ext.sequence_job._ESTIMATORS.clear()
+    assert bpy.ops.dpose.import_motion(filepath=str(path)) == {"FINISHED"}
+    (rig,) = _rigs()
+    assert rig.name == "walk" and len(_keyed_frames(ext, rig)) == n
+    assert not ext.sequence_job._ESTIMATORS and not any(cache.iterdir())
+
+
 # ----------------------------------------------------------------------------- sequences
 def test_sequence_operator_keys_every_frame_of_a_video(ext, video_file):
     import bpy
