@@ -417,6 +417,8 @@ def _bad_number_option(args: argparse.Namespace) -> str | None:
             return f"--{name} must be a positive number of {'frames/s' if name == 'fps' else 'px'}"
     if not (np.isfinite(args.smooth) and args.smooth >= 0):
         return "--smooth must be 0 (off) or more"
+    if args.person != "all" and not args.person.isdigit():
+        return f"--person must be 'all' or a track number 0, 1, ..., got {args.person!r}"
     return None
 
 

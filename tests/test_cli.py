@@ -208,7 +208,8 @@ def test_doctor_says_a_truncated_checkpoint_is_broken_not_missing(tmp_path, caps
 
 @pytest.mark.parametrize(
     "option", [["--start", "-1"], ["--start", "5", "--end", "2"], ["--stride", "0"],
-               ["--fps", "-3"], ["--fps", "0"], ["--smooth", "-1"], ["--focal", "nan"]],
+               ["--fps", "-3"], ["--fps", "0"], ["--smooth", "-1"], ["--focal", "nan"],
+               ["--person", "-1"], ["--person", "abc"]],
 )
 def test_bad_frame_options_are_one_clear_error(option, tmp_path, capsys):
     (tmp_path / "clip").mkdir()
