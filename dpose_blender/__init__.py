@@ -27,6 +27,7 @@ def register() -> None:
             bpy.utils.register_class(cls)
             _registered.append(cls)
     operators.register_properties()
+    operators.register_handlers()
     depth_plane.register()
     preferences.refresh_checkpoint_status()
 
@@ -38,6 +39,7 @@ def unregister() -> None:
 
     jobs.cancel_all()
     operators.unregister_timers()
+    operators.unregister_handlers()
     depth_plane.unregister()
     operators.unregister_properties()
     while _registered:

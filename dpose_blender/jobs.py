@@ -142,6 +142,12 @@ class Job:
     def cancel(self) -> None:
         self.cancel_event.set()
 
+    def abandon(self) -> None:
+        """Cancel and drop the main-thread callbacks: the scene they would build into is gone
+        (another .blend was opened while the job ran)."""
+        self.cancel_event.set()
+        self._on_item = self._on_finish = None
+
     @property
     def finished(self) -> bool:
         return self.state in (DONE, CANCELLED, FAILED)

@@ -458,6 +458,31 @@ def unregister_properties() -> None:
         del bpy.types.Scene.dpose
 
 
+@bpy.app.handlers.persistent
+def abandon_job_on_file_load(*_args) -> None:
+    """File > Open / New while a job runs: stop it and never apply it to the new file.
+
+    Opening a file frees the scene the job would build into and ends the modal operator that
+    drains it; without this the job would stay "running" and block every later job.
+    """
+    job = jobs.active_job()
+    if job is not None:
+        job.abandon()
+        jobs.set_active_job(None)
+
+
+def register_handlers() -> None:
+    if abandon_job_on_file_load not in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.append(abandon_job_on_file_load)
+
+
+def unregister_handlers() -> None:
+    handlers = bpy.app.handlers.load_pre
+    for func in [f for f in handlers if getattr(f, "__name__", "") == "abandon_job_on_file_load"
+                 and getattr(f, "__module__", "").endswith("dpose_blender.operators")]:
+        handlers.remove(func)
+
+
 def unregister_timers() -> None:
     """Remove modal timers still held (the add-on was disabled while a job ran)."""
     while _TIMERS:

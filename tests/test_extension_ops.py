@@ -46,6 +46,7 @@ def installed(linux_extension_zip):
     bpy.ops.extensions.package_uninstall(repo_index=repo_index, pkg_id="dpose")
     assert not hasattr(bpy.types.Scene, "dpose")
     assert not hasattr(bpy.types, "DPOSE_OT_estimate_sequence")
+    assert not [h for h in bpy.app.handlers.load_pre if "dpose" in getattr(h, "__module__", "")]
 
 
 @pytest.fixture
@@ -444,6 +445,25 @@ def test_corrupt_frame_is_reported_and_skipped(ext, folder_with_corrupt_frame):
 
     interpolated = (motion.flags & FLAG_INTERPOLATED) != 0
     assert interpolated[1] and not interpolated[[0, 2, 3]].any()
+
+
+def test_opening_a_file_during_a_job_abandons_it(ext, video_file, tmp_path):
+    """File > Open while a job runs: the job stops, never builds into the new file, and does
+    not block the next job."""
+    import bpy
+
+    other = tmp_path / "other.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(other))
+    settings = ext.operators.sequence_settings(bpy.context)
+    settings.source = str(video_file)
+    settings.person = "largest"
+    settings.bbox = BOX
+    job = ext.operators.start_sequence_job(bpy.context, settings)
+    bpy.ops.wm.open_mainfile(filepath=str(other))
+    assert ext.jobs.active_job() is None and job.cancel_event.is_set()
+    assert job.wait(timeout=300)
+    assert not _rigs() and not bpy.data.collections
+    assert bpy.context.scene.dpose.last_report == ""
 
 
 def test_cancel_keeps_processed_frames(ext, folder_with_corrupt_frame, tmp_path):
