@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -137,9 +138,15 @@ def _prepare_output(output: str | None) -> None:
     except OSError as exc:
         raise DPoseError(f"Cannot create the output folder {path.parent} ({exc.strerror or exc}); "
                          "choose another -o.") from exc  # fmt: skip
-    if path.is_dir() or not os.access(path.parent, os.W_OK):
-        raise DPoseError(f"Cannot write {path} (a folder, or no write permission there); "
-                         "choose another -o.")  # fmt: skip
+    if path.is_dir():
+        raise DPoseError(f"Cannot write {path}: it is a folder; choose another -o.")
+    try:  # a real probe file: os.access says yes to root and on read-only mounts
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".dpose-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DPoseError(f"Cannot write in {path.parent} ({exc.strerror or exc}); "
+                         "choose another -o.") from exc  # fmt: skip
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
