@@ -111,7 +111,7 @@ def _check_writable(path: str, what: str) -> Path:
 def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fail fast, before any network work, on each input a farm job can get wrong."""
     from ..dpose_core import frames
-    from ..dpose_core.checkpoint import resolve_checkpoint
+    from ..dpose_core.checkpoint import checkpoint_info, resolve_checkpoint
     from ..dpose_core.errors import DPoseError
 
     args.output = str(_check_writable(args.output, "the output .blend"))
@@ -123,8 +123,11 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     checkpoint = args.checkpoint or _checkpoint_from_preferences()
     try:
         args.checkpoint = str(resolve_checkpoint(checkpoint))
+        info = checkpoint_info(args.checkpoint)  # reads no tensors: tens of milliseconds
     except DPoseError as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    if not info.valid:
+        raise UsageError(f"{args.checkpoint} is not the D-PoSE checkpoint: {info.problem}")
     if args.body_model and not Path(args.body_model).expanduser().is_file():
         raise UsageError(f"no SMPL-X body model at {args.body_model}.")
     if args.stride < 1 or args.start < 0 or (args.end is not None and args.end <= args.start):

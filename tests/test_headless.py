@@ -51,6 +51,17 @@ def test_missing_checkpoint_fails_with_one_line(tmp_path, image_folder):
     assert not (tmp_path / "o.blend").exists()
 
 
+def test_wrong_checkpoint_file_fails_before_any_work(tmp_path, image_folder):
+    wrong = tmp_path / "paper_arxiv.ckpt"
+    wrong.write_bytes(b"not a checkpoint" * 64)
+    code, out = _run(["--input", image_folder, "--output", tmp_path / "o.blend",
+                      "--checkpoint", wrong], tmp_path)
+    assert code == 2, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "not a PyTorch checkpoint" in errors[0]
+    assert "loading" not in out and not (tmp_path / "o.blend").exists()
+
+
 def test_empty_input_fails(tmp_path, checkpoint_path):
     empty = tmp_path / "empty"
     empty.mkdir()
