@@ -431,13 +431,14 @@ def body_model_for(context):
     Read straight from the checkpoint (a fraction of a second): building the network just for
     its body model would freeze Blender for seconds on the main thread.
     """
-    from ..dpose_core.body_model import BodyModel
+    from ..dpose_core.body_model import BODY_MODEL_PREFIX, BodyModel
     from ..dpose_core.checkpoint import load_checkpoint_arrays, resolve_checkpoint
 
     opts = estimator_options(context)
     if opts["body_model"]:
         return BodyModel.load(opts["body_model"])
-    return BodyModel.from_arrays(load_checkpoint_arrays(resolve_checkpoint(opts["checkpoint"])))
+    arrays = load_checkpoint_arrays(resolve_checkpoint(opts["checkpoint"]), only=BODY_MODEL_PREFIX)
+    return BodyModel.from_arrays(arrays)
 
 
 classes = (

@@ -25,6 +25,8 @@ from .skeleton import (
     VERTEX_JOINTS,
 )
 
+# Where the D-PoSE checkpoint keeps its SMPL-X buffers (network state dict, `model.` stripped).
+BODY_MODEL_PREFIX = "smpl.smplx."
 # smplx treats files with fewer shape columns than this as 10-beta (v1.0) models.
 _SHAPE_SPACE_DIM = 300
 _NUM_EXPRESSION = 10
@@ -134,7 +136,7 @@ class BodyModel:
             raise ValueError("vertex joint ids exceed the number of vertices")
 
     @classmethod
-    def from_arrays(cls, arrays: dict, prefix: str = "smpl.smplx.") -> "BodyModel":
+    def from_arrays(cls, arrays: dict, prefix: str = BODY_MODEL_PREFIX) -> "BodyModel":
         """Build from the smplx Layer buffers stored in the checkpoint (keys `prefix + name`)."""
 
         def get(name: str, required: bool = True):

@@ -299,12 +299,14 @@ def first_mismatch(network: dict[str, Any], prefix: str = NETWORK_PREFIX) -> str
 
 
 def load_checkpoint_arrays(
-    path: str | os.PathLike[str] | None, prefix: str = NETWORK_PREFIX
+    path: str | os.PathLike[str] | None, prefix: str = NETWORK_PREFIX, *, only: str | None = None
 ) -> dict[str, np.ndarray]:
     """The 2309 D-PoSE network arrays (prefix stripped, state_dict order), strictly validated.
 
-    Reads only those tensors; CheckpointError names the first missing, unexpected or misshapen
-    key, UnsafePickleError refuses a file that asks to run code.
+    Reads only those tensors; with `only` (e.g. "smpl.smplx." for the body model) just the
+    entries whose names start with it, after validating the whole table. CheckpointError names
+    the first missing, unexpected or misshapen key, UnsafePickleError refuses a file that asks
+    to run code.
     """
     resolved = resolve_checkpoint(path)
     with CheckpointArchive(resolved) as archive:
@@ -313,7 +315,8 @@ def load_checkpoint_arrays(
         if problem is not None:
             raise CheckpointError(f"{resolved} does not match the D-PoSE network: {problem}. "
                                   f"{WRONG_FILE_HINT}")  # fmt: skip
-        return {name: archive.read(network[name]) for name in expected_state_dict()}
+        return {name: archive.read(network[name]) for name in expected_state_dict()
+                if only is None or name.startswith(only)}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import camera, preprocess
-from .body_model import BodyModel
+from .body_model import BODY_MODEL_PREFIX, BodyModel
 from .checkpoint import load_checkpoint_arrays, resolve_checkpoint
 from .constants import CROP_SIZE, NUM_PART_CLASSES
 from .errors import DPoseError, FrameError
@@ -288,7 +288,9 @@ class Estimator:
             elif source is not None:
                 self._body_model = BodyModel.load(source)
             else:
-                self._body_model = BodyModel.from_arrays(self._checkpoint_arrays())
+                arrays = self._arrays or load_checkpoint_arrays(self.checkpoint_path,
+                                                                only=BODY_MODEL_PREFIX)
+                self._body_model = BodyModel.from_arrays(arrays, prefix=BODY_MODEL_PREFIX)
                 self._arrays = None  # the network weights are no longer needed in memory
         return self._body_model
 

@@ -452,3 +452,11 @@ def test_tensor_layouts_outside_their_storage_are_refused(tmp_path, offset, size
                               {"0": np.zeros(6, "<f4").tobytes()})  # fmt: skip
     with pytest.raises(CheckpointError, match=needle), ck.CheckpointArchive(path) as archive:
         archive.read(archive.load_pickle()["w"])
+
+
+def test_only_reads_the_named_entries(checkpoint_path):
+    full = ck.load_checkpoint_arrays(checkpoint_path)
+    body = ck.load_checkpoint_arrays(checkpoint_path, only="smpl.smplx.")
+    assert len(body) == 16 and all(name.startswith("smpl.smplx.") for name in body)
+    for name, array in body.items():
+        np.testing.assert_array_equal(array, full[name])
