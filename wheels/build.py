@@ -41,6 +41,8 @@ REQUIREMENTS = ["onnxruntime==1.31.1", "opencv-python-headless==4.11.0.86", "tqd
 # pip evaluates environment markers for the machine it runs on, not the target platform, so
 # platform-conditional dependencies must be named here (tqdm wants colorama on Windows).
 PLATFORM_EXTRAS = {"windows-x64": ["colorama"]}
+# onnxruntime 1.24+ ships macOS wheels for macOS 14+ only; 1.23.2 is the newest for macOS 13.
+PLATFORM_PINS = {"macos-arm64": {"onnxruntime": "onnxruntime==1.23.2"}}
 NEVER_BUNDLE = {"numpy", "torch", "onnxruntime_gpu", "onnxruntime-gpu"}
 
 PLATFORM_TAGS = {
@@ -75,7 +77,9 @@ def _dist_name(wheel: Path) -> str:
 
 def download_wheels(platform: str, python: str, *, offline: bool = False) -> list[Path]:
     """pip-download the runtime wheels for one (platform, Python); cached by requirement list."""
-    reqs = REQUIREMENTS + PLATFORM_EXTRAS.get(platform, [])
+    pins = PLATFORM_PINS.get(platform, {})
+    reqs = [pins.get(re.split(r"[=<>!~ ]", r, maxsplit=1)[0], r) for r in REQUIREMENTS]
+    reqs += PLATFORM_EXTRAS.get(platform, [])
     folder = DOWNLOADS / f"{platform}-cp{python.replace('.', '')}"
     stamp = folder / ".requirements"
     wanted = "\n".join(reqs + PLATFORM_TAGS[platform])
