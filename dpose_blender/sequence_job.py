@@ -343,15 +343,21 @@ def _depth_planes(scene, collection, result, settings, record) -> list:
 
 def save_outputs(created: list, result: SequenceJobResult, *, blend: str, npz: str | None = None,
                  fbx: str | None = None, bvh: str | None = None) -> None:
-    """Write the requested files (main thread; used by headless runs)."""
+    """Write the requested files (main thread; used by headless runs).
+
+    With several people, the motion and BVH files are one per track, named as the CLI names
+    them (motion_track0.npz, motion_track1.npz, ...); the .blend and the FBX hold every rig.
+    """
     import bpy
 
     from ..dpose_core import motion_io
+    from ..dpose_core.sequence import track_output_paths
 
     armatures = [o for o in created if o.type == "ARMATURE"]
     if npz and result.motions:
-        track, motion = sorted(result.motions.items())[0]
-        motion_io.save_motion_npz(npz, motion)
+        paths = track_output_paths(npz, sorted(result.motions))
+        for track, motion in result.motions.items():
+            motion_io.save_motion_npz(paths[track], motion)
     if fbx:
         _enable_addon("io_scene_fbx")
         _select_only(armatures + [o for o in created if o.type == "MESH"])
@@ -359,11 +365,14 @@ def save_outputs(created: list, result: SequenceJobResult, *, blend: str, npz: s
                                  add_leaf_bones=False)
     if bvh and armatures:
         _enable_addon("io_anim_bvh")
-        _select_only(armatures[:1])
-        bpy.context.view_layer.objects.active = armatures[0]
         scene = bpy.context.scene
-        bpy.ops.export_anim.bvh(filepath=bvh, frame_start=scene.frame_start,
-                                frame_end=scene.frame_end, root_transform_only=False)
+        tracks = sorted(result.motions)  # rigs are built in this order
+        paths = track_output_paths(bvh, tracks)
+        for track, armature in zip(tracks, armatures, strict=True):
+            _select_only([armature])  # the BVH exporter writes the active rig
+            bpy.context.view_layer.objects.active = armature
+            bpy.ops.export_anim.bvh(filepath=str(paths[track]), frame_start=scene.frame_start,
+                                    frame_end=scene.frame_end, root_transform_only=False)
     bpy.ops.wm.save_as_mainfile(filepath=blend)
 
 

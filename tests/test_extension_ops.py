@@ -6,6 +6,7 @@ it again after the autouse factory reset. Inputs are tiny (a few 96x120 frames, 
 frame) because the random-weight network costs about a second per crop on a CPU.
 """
 
+import importlib
 import sys
 import threading
 import time
@@ -536,3 +537,38 @@ def test_failure_while_building_rolls_back_and_reports(ext, image_file, monkeypa
         ext.image_estimate.apply_image_result(scene, job.result, settings)
     assert type(info.value).__name__ == DPoseError.__name__
     assert len(bpy.data.collections) == before["collections"]
+
+
+def test_farm_exports_one_motion_and_bvh_file_per_person(ext, body_model_npz, tmp_path):
+    """Several people: every track gets its own .npz and .bvh (named as the CLI names them)."""
+    import bpy
+
+    motion_mod = sys.modules[f"{EXT}.dpose_core.motion"]
+    body_model = sys.modules[f"{EXT}.dpose_core.body_model"].BodyModel.load(body_model_npz)
+    motion_import = importlib.import_module(f"{EXT}.dpose_blender.motion_import")
+    rng = np.random.default_rng(3)
+    motions, created = {}, []
+    for track in (0, 1):
+        rotmats = np.tile(np.eye(3), (4, 55, 1, 1))
+        rotmats[:, 1] = _rotation_about_z(rng.uniform(-1, 1, 4))
+        motions[track] = motion_mod.Motion(rotmats=rotmats, transl=rng.normal(0, 1, (4, 3)),
+                                           betas=np.zeros(11), fps=25.0)
+        created.append(motion_import.import_motion(motions[track], body_model, with_mesh=False,
+                                                   name=f"D-PoSE Track {track}"))
+    result = ext.sequence_job.SequenceJobResult(motions=motions)
+    ext.sequence_job.save_outputs(created, result, blend=str(tmp_path / "out.blend"),
+                                  npz=str(tmp_path / "m.npz"), bvh=str(tmp_path / "m.bvh"))
+    for track in (0, 1):
+        with np.load(tmp_path / f"m_track{track}.npz", allow_pickle=False) as saved:
+            np.testing.assert_allclose(saved["pose_body"][:, :3],
+                                       motions[track].as_axis_angle()[:, 1], atol=1e-12)
+        assert (tmp_path / f"m_track{track}.bvh").read_text().startswith("HIERARCHY")
+    assert not (tmp_path / "m.npz").exists() and (tmp_path / "out.blend").is_file()
+    assert bpy.data.filepath == str(tmp_path / "out.blend")
+
+
+def _rotation_about_z(angles):
+    c, s = np.cos(angles), np.sin(angles)
+    out = np.zeros((len(angles), 3, 3))
+    out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1], out[:, 2, 2] = c, -s, s, c, 1
+    return out
