@@ -18,8 +18,8 @@ input gives the same numbers everywhere.
 Public API:
     RunOptions(...).validate(*, estimator=None) -> RunOptions
     open_estimator(options) -> Estimator
-    estimate_images(options, *, estimator=None, progress=None, cancel=None, warn=None)
-        -> ImagesResult
+    estimate_images(options, *, estimator=None, progress=None, cancel=None, warn=None,
+                    finder=None) -> ImagesResult
     estimate_video(options, *, estimator=None, progress=None, cancel=None, on_frame=None,
                    warn=None, keep_maps=False, finder=None) -> VideoResult
     save_tracks(result, output) -> dict[int, Path]
@@ -435,13 +435,15 @@ class ImagesResult:
 
 
 def estimate_images(options: RunOptions, *, estimator=None, progress: Progress | None = None,
-                    cancel: threading.Event | None = None, warn: Warn | None = None
-                    ) -> ImagesResult:
+                    cancel: threading.Event | None = None, warn: Warn | None = None,
+                    finder=None) -> ImagesResult:
     """People in each image file: found (the finder's own network pass is kept, never run
     again on an unpadded box) or the --bbox boxes; the whole image when nobody is found.
 
     An unreadable image among several is skipped and reported once (warn); a single image
     that cannot be used, every image failing, or non-finite network output raise.
+    finder: a person finder to use instead of the default (segmentation refinement with
+    OpenCV proposals); ignored when the options give boxes.
     """
     from .frames import read_image
     from .localise import make_finder
@@ -453,7 +455,7 @@ def estimate_images(options: RunOptions, *, estimator=None, progress: Progress |
     net = _checked(estimator if estimator is not None else open_estimator(options))
     paths = list(options.inputs)
     user_boxes = options.boxes
-    finders: dict[Any, Any] = {}
+    finders: dict[Any, Any] = {} if finder is None else {"given": finder}
     rows: list[tuple[int, np.ndarray, float, str, Any]] = []  # image, box, conf, source, est
     pending: list[tuple[int, np.ndarray, np.ndarray, Any]] = []  # image, pixels, boxes, focal
     pending_rows: list[list[int]] = []
@@ -541,9 +543,10 @@ def _people_in_image(image, path, user_boxes, net, finders, focal, make_finder):
                 return (f"--bbox {_box_text(box)} lies outside the {w}x{h} image {path}; "
                         "give x0,y0,x1,y1 in pixels of the image.")
         return [(box.copy(), 1.0, "manual", None) for box in user_boxes]
-    if focal not in finders:
-        finders[focal] = make_finder(net, "auto", focal_px=focal)
-    found = finders[focal].find(image)
+    key = "given" if "given" in finders else focal
+    if key not in finders:  # the finder's focal length is fixed: one finder per focal
+        finders[key] = make_finder(net, "auto", focal_px=focal)
+    found = finders[key].find(image)
     if found:
         return [(np.asarray(d.box, np.float64), float(d.confidence), d.source,
                  None if d.estimate is None else d.estimate.select(d.row)) for d in found]
