@@ -137,7 +137,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _estimate_images(options, args: argparse.Namespace) -> int:
-    from .atomic_io import atomic_write, write_text
+    from .atomic_io import write_npz, write_text
     from .pipeline import estimate_images, open_estimator
 
     estimator = open_estimator(options)
@@ -161,8 +161,7 @@ def _estimate_images(options, args: argparse.Namespace) -> int:
         else:
             write_text(args.output, text)
     else:
-        with atomic_write(args.output, "wb") as fh:  # a path would get ".npz" added to ".NPZ"
-            np.savez_compressed(fh, **meta, **payload)
+        write_npz(args.output, {**meta, **payload}, compressed=True)
     if args.output is not None:
         print(f"wrote {args.output}: {len(result)} person crop(s) in {len(result.paths)} "
               f"image(s) [{estimator.backend} on {estimator.device}]", file=sys.stderr)
