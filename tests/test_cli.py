@@ -303,3 +303,20 @@ def test_each_bad_input_is_one_line_exit_2_in_a_subprocess(case, args, message, 
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("o.json")) and not list(tmp_path.glob("m*.npz"))  # no output
+
+
+def test_the_add_on_runs_without_tqdm_or_colorama():
+    """The zip no longer carries tqdm/colorama: nothing the add-on or the pipeline imports
+    needs them (the CLI's bar falls back to plain lines)."""
+    script = (
+        "import sys\n"
+        "sys.modules['tqdm'] = None\n"
+        "sys.modules['colorama'] = None\n"
+        "import dpose_core.pipeline, dpose_core.sequence, dpose_core.cli\n"
+        "bar = dpose_core.cli._progress(5, 'x', 'frame')\n"
+        "bar.update(1)\n"
+        "print('ok', bar.n)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok 1", proc.stderr
