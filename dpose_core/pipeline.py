@@ -39,9 +39,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -53,12 +53,13 @@ from .errors import (
     NonFiniteOutputError,
     NoPersonError,
 )
-from .frames import DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from .estimator import DEFAULT_MAX_BATCH
+from .frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from .sequence import DEFAULT_LOW_CONFIDENCE, DEFAULT_MAX_GAP, MIN_TRACK_FRAMES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH = 8  # crops per network batch
+DEFAULT_BATCH = DEFAULT_MAX_BATCH  # crops per network batch
 DEFAULT_SMOOTH = 1.0  # One-Euro strength: 0 off, 1 default, 2 twice as smooth
 NOBODY_WARNING_FRAMES = 100  # say at once when nobody has been found in this many frames
 FOV_RANGE_DEG = (1.0, 179.0)
@@ -93,7 +94,7 @@ class RunOptions:
     (a box may reach outside the image; a video takes one). focal_px or fov_deg (degrees
     across the longer side) set the camera; default: focal = image diagonal. smooth: 0 off,
     1 default, 2 twice as smooth. start/end/stride: source frame numbers, end exclusive.
-    fps: override the video's rate; image folders default to DEFAULT_FOLDER_FPS.
+    fps: override the video's rate; image folders default to frames.DEFAULT_FOLDER_FPS.
     """
 
     inputs: Sequence[str | os.PathLike] = ()
@@ -115,8 +116,9 @@ class RunOptions:
     fps: float | None = None
     low_confidence: float = DEFAULT_LOW_CONFIDENCE
     max_gap: int = DEFAULT_MAX_GAP
-    _valid: bool = field(default=False, init=False, repr=False, compare=False)
-    _loaded_body_model: Any = field(default=None, init=False, repr=False, compare=False)
+    # Run state, not options (so dataclasses.asdict leaves them out): set by validate().
+    _valid: ClassVar[bool] = False
+    _loaded_body_model: ClassVar[Any] = None
 
     def __setattr__(self, name: str, value) -> None:
         if not name.startswith("_"):  # any change needs validating again
@@ -622,7 +624,7 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
     net = _checked(estimator if estimator is not None else open_estimator(options))
     path = options.inputs[0]
     frames = open_frames(path, start=options.start, end=options.end, stride=options.stride,
-                         fps=options.fps or (DEFAULT_FOLDER_FPS if path.is_dir() else None))
+                         fps=options.fps)  # image folders: DEFAULT_FOLDER_FPS
     user_boxes = options.boxes
     focal = options.focal_px
     if options.fov_deg is not None or len(user_boxes):
