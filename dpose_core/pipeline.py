@@ -176,6 +176,15 @@ class RunOptions:
         if not (np.isfinite(self.smooth) and self.smooth >= 0):
             raise DPoseError(f"--smooth must be 0 (off) or more (1 default, 2 twice as "
                              f"smooth), got {self.smooth}.")
+        if not video:
+            given = [name for name, value, default in (
+                ("--start", self.start, 0), ("--end", self.end, None),
+                ("--stride", self.stride, 1), ("--smooth", self.smooth, DEFAULT_SMOOTH))
+                if value != default]
+            if given:
+                verb = "applies" if len(given) == 1 else "apply"
+                raise DPoseError(f"{', '.join(given)} {verb} to a video or an image folder, "
+                                 "not to image files.")
         if not 0.0 <= self.low_confidence <= 1.0:
             raise DPoseError(f"low_confidence must be between 0 and 1, got "
                              f"{self.low_confidence}.")

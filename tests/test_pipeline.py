@@ -107,8 +107,10 @@ def folder(tmp_path):
     ({"stride": 0}, "--stride"),
     ({"start": -2}, "--start"),
     ({"start": 4, "end": 4}, "--end (4) must be a frame number after --start (4)"),
+    ({"start": 4}, "--start applies to a video or an image folder, not to image files"),
     ({"device": "tpu"}, "--device must be one of"),
     ({"inputs": []}, "No input given"),
+    ({"stride": 2, "smooth": 0.0}, "--stride, --smooth apply to a video or an image folder"),
 ])
 def test_bad_options_are_refused_with_one_line(photos, change, message):
     options = RunOptions(**{"inputs": photos, **change})
