@@ -380,3 +380,18 @@ def test_person_largest_keeps_the_biggest_track(tmp_path):
              for t, m in estimate_video(RunOptions(inputs=[clip]), estimator=net,
                                         finder=SegmentationFinder(net)).tracks.items()}
     assert track == max(areas, key=areas.get)
+
+
+def test_cancel_returns_the_frames_done_and_progress_counts_them(folder):
+    cancel = threading.Event()
+    ticks = []
+
+    def progress(done, total):
+        ticks.append((done, total))
+        if done == 2:
+            cancel.set()
+
+    result = estimate_video(RunOptions(inputs=[folder], bbox=(0, 0, 20, 20), smooth=0.0),
+                            estimator=BoxNetwork(), progress=progress, cancel=cancel)
+    assert result.cancelled and result.frames_processed == 2 and ticks == [(1, 3), (2, 3)]
+    np.testing.assert_array_equal(result.tracks[0].frame_indices, [0, 1])
