@@ -353,6 +353,19 @@ def test_a_folder_of_unreadable_images_says_so(tmp_path):
         estimate_video(RunOptions(inputs=[clip], bbox=(0, 0, 5, 5)), estimator=BoxNetwork(),
                        warn=notes.append)
     assert len(notes) == 3 and all(n.startswith("skipped: ") for n in notes)
+    with pytest.raises(FrameError, match="None of the 3 frames"):  # not "no track 1"
+        estimate_video(RunOptions(inputs=[clip], bbox=(0, 0, 5, 5), person=1),
+                       estimator=BoxNetwork())
+
+
+def test_a_track_number_that_does_not_exist(folder):
+    with pytest.raises(NoPersonError, match=r"Track 4 does not exist: 1 person track\(s\) were "
+                                            r"found \(numbered 0 to 0\)"):
+        estimate_video(RunOptions(inputs=[folder], bbox=(0, 0, 20, 20), person=4),
+                       estimator=BoxNetwork())
+    only = estimate_video(RunOptions(inputs=[folder], bbox=(0, 0, 20, 20), person=0),
+                          estimator=BoxNetwork())
+    assert list(only.tracks) == [0]
 
 
 def test_non_finite_frames_are_flagged_and_all_non_finite_is_an_error(folder):
