@@ -14,26 +14,18 @@ from dpose_core import network  # noqa: E402
 from dpose_core.errors import CheckpointError  # noqa: E402
 from dpose_core.rotations import rot6d_to_matrix  # noqa: E402
 
-_TSV_CANDIDATES = (
-    Path(__file__).resolve().parents[2] / "shared" / "dpose-state-dict.tsv",
-    Path(__file__).resolve().parents[1] / "dpose_core" / "data" / "state_dict.tsv",
-)
+_STATE_DICT_TABLE = Path(__file__).resolve().parents[1] / "dpose_core" / "data" / "state_dict.tsv"
 
 
 def _expected_rows() -> list[tuple[str, tuple[int, ...], str]]:
-    """(name without 'model.', shape, dtype) from the shared or the packaged table."""
-    path = next((p for p in _TSV_CANDIDATES if p.is_file()), None)
-    if path is None:
-        pytest.skip("no state-dict table found")
+    """(name without 'model.', shape, dtype) from the packaged table (docs/checkpoint.md)."""
     rows = []
-    for line in path.read_text().splitlines():
+    for line in _STATE_DICT_TABLE.read_text().splitlines():
         if not line or line.startswith("#") or line.startswith("name\t"):
             continue
         name, shape, dtype = line.split("\t")[:3]
         dims = () if shape == "scalar" else tuple(int(d) for d in shape.split("x"))
         rows.append((name, dims, dtype))
-    if any(name.startswith("model.") for name, _, _ in rows):
-        rows = [(n.removeprefix("model."), s, d) for n, s, d in rows if n.startswith("model.")]
     return rows
 
 
