@@ -42,6 +42,10 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _digests(manifest: dict) -> dict:
+    return {name: (f["bytes"], f["sha256"]) for name, f in manifest["files"].items()}
+
+
 def _build(checkpoint_path, cache, arrays, messages=None) -> Path:
     say = messages.append if messages is not None else (lambda m: None)
     return onnx_model.build_runtime_model(checkpoint_path, cache, arrays=arrays, on_status=say)
@@ -75,11 +79,13 @@ def test_entry_has_a_manifest_and_is_reused_without_rewriting(
     assert entry == onnx_model.cache_entry_dir(checkpoint_path, cache)
     manifest = json.loads((entry / onnx_model.MANIFEST_FILE).read_text())
     for name in (onnx_model.MODEL_FILE, onnx_model.WEIGHTS_FILE):
+        stat = (entry / name).stat()
         assert manifest["files"][name] == {
-            "bytes": (entry / name).stat().st_size,
+            "bytes": stat.st_size,
             "sha256": _sha256(entry / name),
+            "stat": [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns],
         }
-    assert manifest["files"] == reference_manifest["files"]  # the build is deterministic
+    assert _digests(manifest) == _digests(reference_manifest)  # the build is deterministic
     assert manifest["checkpoint"]["name"] == "paper_arxiv.ckpt"
     assert manifest["checkpoint"]["sha256"].startswith(entry.name)
     # The first conversion says what it does and where the cache goes, in one message.
@@ -164,10 +170,35 @@ def test_damaged_entry_is_detected_and_rebuilt(
     assert messages[0].startswith(f"The converted model in {model.parent} is damaged ({problem}")
     assert messages[1].startswith("Converting paper_arxiv.ckpt")
     rebuilt = json.loads((model.parent / onnx_model.MANIFEST_FILE).read_text())
-    assert rebuilt["files"] == reference_manifest["files"]
+    assert _digests(rebuilt) == _digests(reference_manifest)
     assert onnx_model.cached_runtime_model(checkpoint_path, cache) == model
     assert onnx_model.leftover_folders(cache) == []
     assert not (model.parent / "template.sha256").exists()
+
+
+def test_unchanged_files_are_not_reread_but_any_write_is_caught(
+    checkpoint_path, arrays, tmp_path, monkeypatch
+):
+    """Opening an entry nobody wrote to costs a few stat calls; a write that even restores the
+    old mtime still changes the ctime, so the file is hashed and the damage found."""
+    model = _build(checkpoint_path, tmp_path, arrays)
+    hashed: list[str] = []
+    real_sha256 = onnx_model._file_sha256
+    monkeypatch.setattr(onnx_model, "_file_sha256", lambda p: hashed.append(p.name) or
+                        real_sha256(p))  # fmt: skip
+    assert onnx_model.inspect_entry(model.parent).ok
+    assert hashed == []
+    weights = model.parent / onnx_model.WEIGHTS_FILE
+    before = weights.stat()
+    with open(weights, "r+b") as fh:
+        fh.seek(before.st_size // 2)
+        fh.write(b"\x7f\xc0\x00\x00" * 16)  # NaN over a few weights, same size
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    state = onnx_model.inspect_entry(model.parent)
+    assert hashed == [onnx_model.WEIGHTS_FILE]
+    assert state.problem == (
+        "weights.bin does not match its sha256 in the manifest (overwritten or corrupted)"
+    )
 
 
 def test_garbage_weights_are_rebuilt_into_a_model_with_finite_outputs(
