@@ -37,7 +37,7 @@ _STATE_DICT_TABLE = Path(__file__).parent / "data" / "state_dict.tsv"
 _ZIP_MAGIC = b"PK\x03\x04"
 _HASH_CHUNK = 8 * 1024 * 1024
 
-# Hyper-parameter flags that decide which branches the weights were trained with (spec §2).
+# Flags that decide which branches the weights were trained with (docs/checkpoint.md).
 INFO_FLAGS = (
     "DATASET.USE_DEPTH", "DATASET.USE_DEPTH_CONC", "DATASET.USE_SEGM",
     "DATASET.SUPERVISE_DEPTH", "DATASET.SUPERVISE_SEGM", "DATASET.IMG_RES",

@@ -49,7 +49,7 @@ def test_each_image_gets_its_own_focal_and_principal_point(batch):
     np.testing.assert_allclose(batch.focal_px[0], [800.0, 800.0])  # sqrt(640^2 + 480^2)
     np.testing.assert_allclose(batch.focal_px[1], [np.hypot(200, 300)] * 2)
     np.testing.assert_allclose(batch.principal_point, [[320, 240], [100, 150]])
-    # tz = 2 f / (s * 200 * scale) with the crop's own focal length (spec §7).
+    # tz = 2 f / (s * 200 * scale) with the crop's own focal length (docs/camera.md).
     s = batch.cam_crop[:, 0].astype(np.float64)
     np.testing.assert_allclose(
         batch.cam_t[:, 2], 2 * batch.focal_px[:, 0] / (s * 200 * batch.box_scale), rtol=1e-9
@@ -90,7 +90,7 @@ def test_axis_angle_and_boxes_are_consistent(batch):
 
 
 def test_network_is_fed_cliff_bbox_info_with_each_images_own_focal(estimator, monkeypatch):
-    """What the network sees, hand-computed (spec §7.3): all terms divide by that crop's fx."""
+    """What the network sees, hand-computed (docs/camera.md): all terms divide by the crop's fx."""
     seen = {}
 
     class Stop(Exception):

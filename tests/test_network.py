@@ -138,7 +138,7 @@ def test_output_rotations_are_proper(outputs):
 
 
 def test_depth_head_does_not_reach_pose_shape_or_camera(net, inputs, outputs):
-    """The depth map and its head never feed the attention or the regressor (spec §5, §11.3)."""
+    """The depth map and its head never feed the attention or the regressor (docs/network.md)."""
     final = net.depth_decoder.final_layers[3]
     saved = final.weight.detach().clone(), final.bias.detach().clone()
     try:
@@ -204,7 +204,7 @@ def test_attention_pool_equals_adaptive_pool_and_softmax_weights():
 
 
 def test_regressor_matches_independent_einsum(net):
-    """Spec §6 written out in numpy: per-joint [6D, att, bbox, mean depth], joint-major flat."""
+    """docs/network.md in numpy: per-joint [6D, att, bbox, mean depth], joint-major flat."""
     head = net.head
     gen = torch.Generator().manual_seed(5)
     att = torch.randn(2, 720, 22, generator=gen)
