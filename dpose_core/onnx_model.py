@@ -46,6 +46,7 @@ _ENTRY_MB = 330  # model.onnx + weights.bin of the real network
 _BUILD_PREFIX, _TRASH_PREFIX = ".build-", ".trash-"
 _LEFTOVER_PREFIXES = (_BUILD_PREFIX, _TRASH_PREFIX)
 _LOCK_SUFFIX = ".lock"
+_OLD_RELEASE_STAMP = "template.sha256"  # what entries held before manifests
 _HASH_CHUNK = 8 * 1024 * 1024
 
 log = logging.getLogger(__name__)
@@ -290,6 +291,8 @@ def _read_manifest(entry: Path) -> dict | None:
 
 
 def _manifest_problem(entry: Path, manifest: dict | None, template_digest: str) -> str | None:
+    if manifest is None and (entry / _OLD_RELEASE_STAMP).is_file():
+        return f"it was made by an older release (no {MANIFEST_FILE})"
     if manifest is None:
         return f"{MANIFEST_FILE} is missing or unreadable"
     if manifest.get("format") != MANIFEST_FORMAT:
@@ -340,8 +343,12 @@ def cached_runtime_model(
     cache_dir: str | os.PathLike | None = None,
     template_path: str | os.PathLike = TEMPLATE_PATH,
 ) -> Path | None:
-    """The cached runtime model of this checkpoint if it is there and intact, else None."""
+    """The cached runtime model of this checkpoint if it is there and intact, else None.
+
+    Also removes what killed builds left in the cache (see `remove_stale_leftovers`).
+    """
     entry = cache_entry_dir(checkpoint_path, cache_dir)
+    remove_stale_leftovers(entry.parent)
     if entry.is_dir() and inspect_entry(entry, template_path).ok:
         return entry / MODEL_FILE
     return None
