@@ -500,7 +500,11 @@ def _install_entry(arrays, entry: Path, checkpoint_path: Path, template_path) ->
                 trash = cache / f"{_TRASH_PREFIX}{_owner_tag()}"
                 os.replace(entry, trash)
                 shutil.rmtree(trash, ignore_errors=True)
-            os.replace(build, entry)
+            try:
+                os.replace(build, entry)
+            except OSError:  # unlocked file system: a concurrent build may have won the race
+                if not (entry.is_dir() and inspect_entry(entry, template_path).ok):
+                    raise
             _fsync_folder(cache)
     finally:
         shutil.rmtree(build, ignore_errors=True)  # nothing left after a successful rename

@@ -338,6 +338,31 @@ def test_two_processes_converting_one_checkpoint_both_succeed(checkpoint_path, t
     assert onnx_model.leftover_folders(cache) == []
 
 
+def test_losing_a_race_on_a_file_system_without_locks_uses_the_winners_entry(
+    checkpoint_path, arrays, tmp_path, monkeypatch
+):
+    """Without locks two builds may finish together; the one whose rename fails takes the
+    other's entry instead of failing."""
+    import contextlib
+    import shutil
+
+    winner = _build(checkpoint_path, tmp_path / "elsewhere", arrays).parent
+    cache = tmp_path / "cache"
+    entry = onnx_model.cache_entry_dir(checkpoint_path, cache)
+    monkeypatch.setattr(onnx_model, "_exclusive_lock", lambda *a: contextlib.nullcontext())
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == entry and Path(src).name.startswith(".build-"):
+            shutil.copytree(winner, entry)  # the other process renames its entry in first
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(onnx_model.os, "replace", replace)
+    assert _build(checkpoint_path, cache, arrays) == entry / onnx_model.MODEL_FILE
+    assert onnx_model.inspect_entry(entry).ok
+    assert onnx_model.leftover_folders(cache) == []
+
+
 # ------------------------------------------------------------------------------ dpose convert
 
 
