@@ -333,8 +333,11 @@ def inspect_entry(entry: str | os.PathLike, template_path: str | os.PathLike = T
         problem = _manifest_problem(entry, manifest, _template_digest(template_path))
     except OSError as exc:
         problem = f"cannot read it ({exc.strerror or exc})"
+    except (AttributeError, TypeError):  # valid JSON, wrong structure
+        problem = f"{MANIFEST_FILE} is malformed"
     size = sum(p.stat().st_size for p in entry.iterdir() if p.is_file()) if entry.is_dir() else 0
-    name = (manifest or {}).get("checkpoint", {}).get("name") if manifest else None
+    checkpoint = (manifest or {}).get("checkpoint")
+    name = checkpoint.get("name") if isinstance(checkpoint, dict) else None
     return CacheEntry(entry, problem, size, name if isinstance(name, str) else None)
 
 

@@ -131,6 +131,12 @@ def _garbage_manifest(entry: Path) -> None:
     (entry / onnx_model.MANIFEST_FILE).write_text("{not json")
 
 
+def _manifest_of_wrong_structure(entry: Path) -> None:
+    manifest = json.loads((entry / onnx_model.MANIFEST_FILE).read_text())
+    manifest["checkpoint"] = "paper_arxiv.ckpt"
+    (entry / onnx_model.MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
 def _entry_of_older_release(entry: Path) -> None:
     """Before manifests, an entry held only a template stamp."""
     (entry / onnx_model.MANIFEST_FILE).unlink()
@@ -150,6 +156,7 @@ def _other_template(entry: Path) -> None:
         (_garbage_weights, "weights.bin does not match its sha256"),
         (_delete_model, "model.onnx is missing"),
         (_garbage_manifest, "manifest.json is missing or unreadable"),
+        (_manifest_of_wrong_structure, "manifest.json is malformed"),
         (_entry_of_older_release, "it was made by an older release (no manifest.json)"),
         (_other_template, "it was made from another version of the network graph"),
     ],
