@@ -2,7 +2,7 @@
 
 D-PoSE's checkpoint carries the neutral SMPL-X buffers, so the add-on needs no torch and no
 licensed download to turn the network's rotations into a mesh and 127 joints. The maths is the
-standard smplx `lbs` (spec section 8): v_shaped = v_template + shapedirs . betas;
+standard smplx `lbs` (docs/smplx.md): v_shaped = v_template + shapedirs . betas;
 J = J_regressor . v_shaped; pose correctives from (R_j - I) for joints 1..54; rigid chain over
 `parents` with the root rotating about J_0(beta); linear blend skinning; then 21 vertex joints
 and 51 barycentric face landmarks. Output frame = the frame of rotation 0 (for D-PoSE: the

@@ -1,5 +1,5 @@
 """Camera maths shared by every backend (numpy only): focal length, CLIFF box features,
-crop camera -> full-image translation, intrinsics and projection (spec §7).
+crop camera -> full-image translation, intrinsics and projection (docs/camera.md).
 
 Conventions: OpenCV camera frame (x right, y down, z forward, metres); pixel coordinates with
 the principal point at (w/2, h/2); box `scale` = square side / 200 px; `image_size` rows are
@@ -7,7 +7,7 @@ the principal point at (w/2, h/2); box `scale` = square side / 200 px; `image_si
 
 Difference from the reference: `HMR.forward` builds its (B,2) focal array with
 `f.repeat(2).view(B, 2)`, which tiles the whole batch instead of duplicating each sample, so in
-a batch mixing image sizes sample b gets some other sample's focal length (spec §7.1). Here
+a batch mixing image sizes sample b gets another sample's focal length (docs/camera.md). Here
 every batch element keeps its own focal length; results agree with the reference whenever all
 images in a batch have the same diagonal (the demo's case: one image per batch).
 """
@@ -53,7 +53,7 @@ def default_focal_px(image_size: np.ndarray) -> np.ndarray:
 def bbox_info(
     center: np.ndarray, scale: np.ndarray, image_size: np.ndarray, focal_px: np.ndarray
 ) -> np.ndarray:
-    """CLIFF box features (B,3): [(cx - w/2)/fx, (cy - h/2)/fx, 200*scale/fx] (spec §7.3).
+    """CLIFF box features (B,3): [(cx - w/2)/fx, (cy - h/2)/fx, 200*scale/fx] (docs/camera.md).
 
     All three terms divide by fx, like the reference (fy is not used). float64; cast to float32
     for the network.
@@ -83,7 +83,7 @@ def crop_cam_to_full_translation(
     """Weak-perspective crop camera (s, tx, ty) -> camera-frame translation (B,3), metres.
 
     With b = 200*scale (box side, px) and f = fx: tz = 2f/(s*b), tx' = tx + 2(cx - w/2)/(s*b),
-    ty' = ty + 2(cy - h/2)/(s*b) (spec §7, `convert_pare_to_full_img_cam`). Like the reference
+    ty' = ty + 2(cy - h/2)/(s*b) (docs/camera.md). Like the reference
     there is no epsilon: s = 0 gives inf.
     """
     cam = _rows(cam_crop, 3, "cam_crop")

@@ -37,7 +37,7 @@ _STATE_DICT_TABLE = Path(__file__).parent / "data" / "state_dict.tsv"
 _ZIP_MAGIC = b"PK\x03\x04"
 _HASH_CHUNK = 8 * 1024 * 1024
 
-# Hyper-parameter flags that decide which branches the weights were trained with (spec §2).
+# Flags that decide which branches the weights were trained with (docs/checkpoint.md).
 INFO_FLAGS = (
     "DATASET.USE_DEPTH", "DATASET.USE_DEPTH_CONC", "DATASET.USE_SEGM",
     "DATASET.SUPERVISE_DEPTH", "DATASET.SUPERVISE_SEGM", "DATASET.IMG_RES",
@@ -305,8 +305,8 @@ def load_checkpoint_arrays(
 
     Reads only those tensors; with `only` (e.g. "smpl.smplx." for the body model) just the
     entries whose names start with it, after validating the whole table. CheckpointError names
-    the first missing, unexpected or misshapen key, UnsafePickleError refuses a file that asks
-    to run code.
+    the first missing, unexpected or misshapen key or a tensor holding NaN/inf,
+    UnsafePickleError refuses a file that asks to run code.
     """
     resolved = resolve_checkpoint(path)
     with CheckpointArchive(resolved) as archive:
@@ -315,8 +315,22 @@ def load_checkpoint_arrays(
         if problem is not None:
             raise CheckpointError(f"{resolved} does not match the D-PoSE network: {problem}. "
                                   f"{WRONG_FILE_HINT}")  # fmt: skip
-        return {name: archive.read(network[name]) for name in expected_state_dict()
-                if only is None or name.startswith(only)}
+        arrays = {name: archive.read(network[name]) for name in expected_state_dict()
+                  if only is None or name.startswith(only)}  # fmt: skip
+    _check_finite(arrays, resolved)
+    return arrays
+
+
+def _check_finite(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Refuse NaN/inf weights: they give NaN everywhere downstream instead of an error."""
+    bad = [name for name, a in arrays.items()
+           if a.dtype.kind == "f" and not np.isfinite(a).all()]  # fmt: skip
+    if bad:
+        raise CheckpointError(
+            f"{path} has weights that are not finite numbers (NaN or inf) in {len(bad)} "
+            f"tensor{'s' * (len(bad) != 1)}, e.g. {NETWORK_PREFIX}{bad[0]}: the file is damaged "
+            f"or not trained weights. {DOWNLOAD_HINT}"
+        )
 
 
 @dataclass(frozen=True)

@@ -319,6 +319,36 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         line("ok", "body model", "SMPL-X buffers shipped in the checkpoint")
     else:
         line("-", "body model", "comes from the checkpoint (not found above) or --body-model")
+
+    from .onnx_model import CACHE_ENV, inspect_cache
+
+    cache = inspect_cache()
+    where = f"{cache.folder} (" + ("from " + CACHE_ENV if cache.from_env
+                                  else f"default; set {CACHE_ENV} to move it") + ")"  # fmt: skip
+    probe_dir = next((p for p in (cache.folder, *cache.folder.parents) if p.is_dir()), None)
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir):  # a real probe: os.access says yes to root
+            writable = None
+    except OSError as exc:
+        writable = f"{probe_dir} cannot be written ({exc.strerror or exc})"
+    if writable:
+        problems += 1
+        line("FAIL", "model cache", f"{where}: {writable}; set {CACHE_ENV} to a writable folder")
+    elif cache.state == "empty":
+        line("-", "model cache", f"{where}: empty; the first run converts the checkpoint into it "
+             "(about 330 MB)")  # fmt: skip
+    else:
+        count = len(cache.entries)
+        line("ok" if cache.state == "ok" else "DAMAGED", "model cache",
+             f"{where}: {cache.state}, {count} converted checkpoint{'s' * (count != 1)}, "
+             f"{cache.size_bytes / 1e6:.0f} MB")  # fmt: skip
+    for entry in cache.entries:
+        state = "ok" if entry.ok else f"damaged ({entry.problem}); rebuilt on its next use"
+        print(f"          {entry.path.name}: {entry.checkpoint_name or 'unknown checkpoint'}, "
+              f"{state}")  # fmt: skip
+    if cache.leftovers:
+        print(f"          {len(cache.leftovers)} unfinished build folder(s): removed by the next "
+              "run once their process has ended")  # fmt: skip
     print("all required parts found" if problems == 0 else f"{problems} problem(s) found")
     return EXIT_OK if problems == 0 else EXIT_PROBLEM
 

@@ -4,7 +4,7 @@ The network runs on ONNX Runtime by default (no torch needed; the runtime model 
 the checkpoint and cached, see `onnx_model`) or on torch when asked. Everything around the
 network -- cropping, CLIFF box features, full-image translation, SMPL-X joints, projection --
 is numpy and identical for both backends. Unlike the reference, each crop keeps its own focal
-length, so a batch may mix image sizes (spec §7.1).
+length, so a batch may mix image sizes (docs/camera.md#focal-length).
 
 `.backend` and `.device` say what really runs: a CUDA request on a machine without CUDA falls
 back to the CPU, and the reason is logged and kept in `.notes`.

@@ -1,15 +1,15 @@
 """The D-PoSE network in PyTorch, state-dict compatible with the released checkpoint.
 
-Module names, registration order and shapes follow the reference `HMR` exactly (spec §1-§6,
-`dpose-state-dict.tsv`), so the checkpoint's `model.*` entries, prefix stripped, load with
+Module names, registration order and shapes follow the reference `HMR` exactly (docs/network.md,
+`data/state_dict.tsv`), so the checkpoint's `model.*` entries, prefix stripped, load with
 `strict=True`. The forward is reorganised for export and speed, not for the reference's API:
 
 * `forward(images, bbox_info)` takes the CLIFF box features computed outside in numpy
   (`dpose_core.camera.bbox_info`), so every crop keeps its own focal length (the reference
-  tiles focal lengths wrongly for mixed image sizes, spec §7.1) and the ONNX graph stays small.
+  tiles focal lengths wrongly for mixed image sizes, docs/camera.md) and the graph stays small.
 * The SMPL-X layer is not run here: its buffers are registered (strict loading needs them and
   the body model ships in the checkpoint) but skinning happens in numpy (`body_model.py`).
-* The reference calls the attention twice with identical inputs (spec §5); we call it once and
+* The reference runs the attention twice on the same inputs (docs/network.md); we run it once and
   feed the result to all three regressor streams. The depth map never reaches the attention;
   depth influences pose and shape only through the 48-d global mean of the depth decoder's
   56x56 features. `backbone.final_layer` and `attention.conv1x1_shape_cam` are loaded, unused.
@@ -153,7 +153,7 @@ class Bottleneck(nn.Module):
 
 
 class HighResolutionModule(nn.Module):
-    """Parallel branches of BasicBlocks, then every output fuses every branch (spec §3)."""
+    """Parallel branches of BasicBlocks, then every output fuses every branch (docs/network.md)."""
 
     def __init__(self, channels: tuple[int, ...], num_blocks: int = 4) -> None:
         super().__init__()
@@ -341,12 +341,12 @@ class UNetDecoder(nn.Module):
 
 
 class KeypointAttention(nn.Module):
-    """Per-part spatial softmax pooling of the 720-ch features (spec §5); ignores depth."""
+    """Per-part spatial softmax pooling of the 720-ch features (docs/network.md); ignores depth."""
 
     def __init__(self, channels: int = UPSAMPLED_CHANNELS) -> None:
         super().__init__()
         self.conv1x1_pose = nn.Conv1d(channels, channels, 1)
-        self.conv1x1_shape_cam = nn.Conv1d(channels, channels, 1)  # unused (spec §5)
+        self.conv1x1_shape_cam = nn.Conv1d(channels, channels, 1)  # unused (docs/network.md)
 
     def forward(self, features: torch.Tensor, part_maps: torch.Tensor) -> torch.Tensor:
         """features (B,720,56,56), part_maps (B,22,224,224) logits -> (B,720,22)."""
@@ -374,7 +374,7 @@ class MultiLinear(nn.Module):
 
 
 def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
-    """(..., 6) -> (..., 3, 3), D-PoSE layout (spec §6).
+    """(..., 6) -> (..., 3, 3), D-PoSE layout (docs/network.md#6d-rotations).
 
     The 6 numbers are a row-major 3x2 matrix; its columns u=(a0,a2,a4), v=(a1,a3,a5) are
     Gram-Schmidt orthonormalised and b1, b2, b1 x b2 become the matrix *columns*. The norm is
@@ -397,7 +397,7 @@ def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
 
 
 class Regressor(nn.Module):
-    """One-step regressor from the mean parameters (spec §6).
+    """One-step regressor from the mean parameters (docs/network.md#regressor).
 
     Per joint k the feature is [attention (720), bbox_info (3), mean depth feature (48)] (771).
     Pose: per-joint MultiLinear on [init_pose_k (6), feature_k]. Shape/cam: the joint-major

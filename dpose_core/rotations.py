@@ -142,7 +142,7 @@ def _normalize(v: np.ndarray) -> np.ndarray:
 
 
 def rot6d_to_matrix(rot6d: np.ndarray) -> np.ndarray:
-    """D-PoSE 6D rotations (..., 6) -> matrices (..., 3, 3) (spec section 6).
+    """D-PoSE 6D rotations (..., 6) -> matrices (..., 3, 3) (docs/network.md#6d-rotations).
 
     The 6 numbers are a 3x2 matrix in row-major order, so the two raw basis vectors are the
     columns (a0, a2, a4) and (a1, a3, a5). Gram-Schmidt gives b1, b2; b3 = b1 x b2; and the

@@ -1,7 +1,7 @@
 """Synthetic D-PoSE checkpoints: the official Lightning 1.9.0 layout with random weights.
 
 The released paper_arxiv.ckpt cannot be shipped, so tests write a stand-in with `torch.save`
-holding every entry of the reference state dict (dpose-state-dict.tsv), an Adam state that must
+holding every entry of the official state dict (docs/checkpoint.md), an Adam state that must
 never be read, and hyper-parameters as nested `yacs.config.CfgNode` objects. A throw-away
 `yacs.config` module is registered while pickling, so the pickle names that class exactly as the
 real file does. Also here: plain state-dict files, truncated copies, malicious pickles and an
@@ -23,10 +23,9 @@ import numpy as np
 
 from dpose_core.skeleton import VERTEX_JOINTS
 
-SHARED_TSV = Path(__file__).resolve().parents[1].parent / "shared" / "dpose-state-dict.tsv"
 _PACKAGED_TSV = Path(__file__).resolve().parents[1] / "dpose_core" / "data" / "state_dict.tsv"
 
-# Hyper-parameters as the released configs/dpose_conf.yaml merged over config.py (spec §1.1, §2).
+# The released config merged over the defaults (docs/checkpoint.md#training-flags).
 HYPER_PARAMETERS: dict[str, Any] = {
     "LOG_DIR": "logs/", "EXP_NAME": "dpose", "SEED_VALUE": -1, "RUN_TEST": False,
     "DATASET": {
@@ -49,7 +48,7 @@ CALLBACK_KEY = (
 )
 
 
-def read_tsv(path: Path = SHARED_TSV) -> list[tuple[str, tuple[int, ...], str, str]]:
+def read_tsv(path: Path = _PACKAGED_TSV) -> list[tuple[str, tuple[int, ...], str, str]]:
     """(name, shape, dtype, kind) rows of a state-dict table, in order."""
     rows = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
@@ -62,13 +61,10 @@ def read_tsv(path: Path = SHARED_TSV) -> list[tuple[str, tuple[int, ...], str, s
 
 
 def all_entries() -> list[tuple[str, tuple[int, ...], str, str]]:
-    """Every checkpoint state-dict entry: the shared TSV if present, else rebuilt from the package.
-
-    Without ../shared only the network is known exactly; trainer-level entries then come from
-    the documented shapes (spec §1.2).
+    """Every entry of the official checkpoint's state dict (2346), in its order: the packaged
+    network table under `model.`, then the trainer-level entries with their documented shapes
+    (docs/checkpoint.md#the-state-dict).
     """
-    if SHARED_TSV.is_file():
-        return read_tsv(SHARED_TSV)
     network = [("model." + n, s, d, k) for n, s, d, k in read_tsv(_PACKAGED_TSV)]
     smplx = [(n.replace("model.smpl.smplx.", "smplx."), s, d, k) for n, s, d, k in network
              if n.startswith("model.smpl.smplx.")]  # fmt: skip

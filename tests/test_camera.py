@@ -1,4 +1,4 @@
-"""Camera maths: CLIFF box features, crop camera -> translation, projection (spec §7)."""
+"""Camera maths: CLIFF box features, crop camera -> translation, projection (docs/camera.md)."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from dpose_core.errors import DPoseError
 
 
 def _reference_tiled_focal(image_size: np.ndarray) -> np.ndarray:
-    """What the reference computes: f.repeat(2).view(B, 2) tiles the batch (spec §7.1)."""
+    """What the reference computes: f.repeat(2).view(B, 2) tiles the batch (docs/camera.md)."""
     f = np.sqrt(image_size[:, 0] ** 2 + image_size[:, 1] ** 2)
     return np.tile(f, 2).reshape(len(f), 2)
 

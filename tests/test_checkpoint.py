@@ -17,11 +17,10 @@ from dpose_core import checkpoint as ck
 from dpose_core.errors import CheckpointError, UnsafePickleError
 from dpose_core.safe_pickle import LazyTensor
 from tests.synth_checkpoint import (
-    SHARED_TSV,
     _FakeCfgNode,
+    all_entries,
     cheap_state_dict,
     fake_modules,
-    read_tsv,
     smplx_buffers,
     write_malicious_checkpoint,
     write_truncated_copy,
@@ -45,19 +44,25 @@ def _save(path, tree):
 # ----------------------------------------------------------------------------- the table
 
 
-@pytest.mark.skipif(not SHARED_TSV.is_file(), reason="../shared (reference TSV) not beside repo")
-def test_packaged_table_equals_shared_reference_tsv():
-    shared = [(n[len("model.") :], s, d, k) for n, s, d, k in read_tsv(SHARED_TSV)
-              if n.startswith("model.")]  # fmt: skip
+def test_stand_in_checkpoint_has_the_documented_composition():
+    """2346 entries: the H36M regressor first, 2309 network entries, 25 SMPL-X and 11 SMPL
+    trainer-level entries (docs/checkpoint.md#the-state-dict)."""
+    names = [name for name, *_ in all_entries()]
+    assert len(names) == len(set(names)) == 2346
+    assert names[0] == "J_regressor"
+    prefixes = [n.split(".", 1)[0] for n in names[1:]]
+    assert prefixes == ["model"] * 2309 + ["smplx"] * 25 + ["smpl"] * 11
     packaged = [(e.name, e.shape, e.dtype, e.kind) for e in ck.expected_state_dict().values()]
-    assert packaged == shared
+    network = [(n[len("model.") :], s, d, k) for n, s, d, k in all_entries()
+               if n.startswith("model.")]  # fmt: skip
+    assert network == packaged
 
 
 def test_packaged_table_has_the_documented_counts():
     table = ck.expected_state_dict()
     assert len(table) == 2309
     params = sum(int(np.prod(e.shape)) for e in table.values() if e.kind == "param")
-    assert params == 81_099_394  # spec §1.5
+    assert params == 81_099_394  # docs/network.md#parameter-counts
     assert sum(n.endswith("num_batches_tracked") for n in table) == 377
     assert table["head.init_pose"].shape == (1, 132)
     assert table["smpl.smplx.posedirs"].shape == (486, 31425)
@@ -251,6 +256,25 @@ def test_wrong_architecture_names_the_key(tmp_path, edit, key, details):
     assert key in message and all(d in message for d in details), message
     assert message.rstrip().endswith("paper_arxiv.ckpt?")
     assert ck.checkpoint_info(path).problem is not None and key in ck.checkpoint_info(path).problem
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_by_loading_and_conversion(tmp_path, bad):
+    """NaN weights used to write JSON full of NaN with exit 0 (docs/model-cache.md#nan-weights)."""
+    from dpose_core import onnx_model
+
+    state = cheap_state_dict()
+    state["model.head.deccam.weight"] = state["model.head.deccam.weight"] * 0 + bad
+    path = _save(tmp_path / "paper_arxiv.ckpt", {"state_dict": state})
+    with pytest.raises(CheckpointError) as info:
+        ck.load_checkpoint_arrays(path)
+    message = str(info.value)
+    assert "not finite numbers (NaN or inf) in 1 tensor, e.g." in message
+    assert "model.head.deccam.weight" in message
+    cache = tmp_path / "cache"
+    with pytest.raises(CheckpointError, match="model.head.deccam.weight"):
+        onnx_model.build_runtime_model(path, cache, on_status=lambda m: None)
+    assert [p.name for p in cache.iterdir()] == [f".{ck.checkpoint_hash(path)[:16]}.lock"]
 
 
 def test_missing_file_says_where_to_get_and_put_it(tmp_path, monkeypatch):

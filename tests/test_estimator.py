@@ -49,7 +49,7 @@ def test_each_image_gets_its_own_focal_and_principal_point(batch):
     np.testing.assert_allclose(batch.focal_px[0], [800.0, 800.0])  # sqrt(640^2 + 480^2)
     np.testing.assert_allclose(batch.focal_px[1], [np.hypot(200, 300)] * 2)
     np.testing.assert_allclose(batch.principal_point, [[320, 240], [100, 150]])
-    # tz = 2 f / (s * 200 * scale) with the crop's own focal length (spec §7).
+    # tz = 2 f / (s * 200 * scale) with the crop's own focal length (docs/camera.md).
     s = batch.cam_crop[:, 0].astype(np.float64)
     np.testing.assert_allclose(
         batch.cam_t[:, 2], 2 * batch.focal_px[:, 0] / (s * 200 * batch.box_scale), rtol=1e-9
@@ -90,7 +90,7 @@ def test_axis_angle_and_boxes_are_consistent(batch):
 
 
 def test_network_is_fed_cliff_bbox_info_with_each_images_own_focal(estimator, monkeypatch):
-    """What the network sees, hand-computed (spec §7.3): all terms divide by that crop's fx."""
+    """What the network sees, hand-computed (docs/camera.md): all terms divide by the crop's fx."""
     seen = {}
 
     class Stop(Exception):
@@ -139,28 +139,24 @@ def test_missing_checkpoint_says_where_to_put_it(tmp_path):
         Estimator(tmp_path / "nope.ckpt")
 
 
-def test_cuda_request_falls_back_to_cpu_and_says_so(estimator, caplog):
+def test_cuda_request_falls_back_to_cpu_and_says_so(estimator, caplog, monkeypatch):
     import onnxruntime as ort
 
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     cache = estimator.model_path.parents[1]
     est = Estimator(estimator.checkpoint_path, device="cuda", cache_dir=cache)
-    if "CUDAExecutionProvider" in ort.get_available_providers() and est.device.startswith("CUDA"):
-        assert est.notes == []
-    else:
-        assert est.device == "CPUExecutionProvider"
-        assert est.notes and "CUDA" in est.notes[0] and "CPU" in est.notes[0]
-        assert any("CUDA" in r.getMessage() for r in caplog.records)
+    assert est.device == "CPUExecutionProvider"
+    assert len(est.notes) == 1 and "CUDA" in est.notes[0] and "CPU" in est.notes[0]
+    assert [r.getMessage() for r in caplog.records if "CUDA" in r.getMessage()] == est.notes
 
 
-def test_torch_backend_cuda_request_falls_back_to_cpu(estimator):
+def test_torch_backend_cuda_request_falls_back_to_cpu(estimator, monkeypatch):
     torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     est = Estimator(estimator.checkpoint_path, backend="torch", device="cuda")
     assert est.backend == "torch"
-    if torch.cuda.is_available():
-        assert est.device.startswith("cuda")
-    else:
-        assert est.device == "cpu"
-        assert any("torch.cuda.is_available()" in n for n in est.notes)
+    assert est.device == "cpu"
+    assert len(est.notes) == 1 and "torch.cuda.is_available()" in est.notes[0]
 
 
 def test_runtime_modules_import_without_torch():
@@ -177,3 +173,18 @@ def test_runtime_modules_import_without_torch():
                             cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "dpose_core.network" not in result.stdout and "dpose_core.estimator" in result.stdout
+
+
+def test_a_damaged_model_cache_is_rebuilt_when_the_estimator_opens_it(checkpoint_path, tmp_path):
+    """Weights overwritten with NaN used to give NaN results with exit 0 (docs/model-cache.md)."""
+    from dpose_core import onnx_model
+
+    first = Estimator(checkpoint_path, cache_dir=tmp_path, device="cpu")
+    weights = first.model_path.parent / onnx_model.WEIGHTS_FILE
+    good = weights.read_bytes()
+    weights.write_bytes(np.full(len(good) // 4, np.nan, dtype=np.float32).tobytes())
+    second = Estimator(checkpoint_path, cache_dir=tmp_path, device="cpu")
+    assert second.model_path == first.model_path
+    assert weights.read_bytes() == good
+    estimate = second.estimate(IMAGE_A, [BOX_A])
+    assert np.isfinite(estimate.rotmats).all() and np.isfinite(estimate.cam_t).all()

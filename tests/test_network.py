@@ -14,26 +14,18 @@ from dpose_core import network  # noqa: E402
 from dpose_core.errors import CheckpointError  # noqa: E402
 from dpose_core.rotations import rot6d_to_matrix  # noqa: E402
 
-_TSV_CANDIDATES = (
-    Path(__file__).resolve().parents[2] / "shared" / "dpose-state-dict.tsv",
-    Path(__file__).resolve().parents[1] / "dpose_core" / "data" / "state_dict.tsv",
-)
+_STATE_DICT_TABLE = Path(__file__).resolve().parents[1] / "dpose_core" / "data" / "state_dict.tsv"
 
 
 def _expected_rows() -> list[tuple[str, tuple[int, ...], str]]:
-    """(name without 'model.', shape, dtype) from the shared or the packaged table."""
-    path = next((p for p in _TSV_CANDIDATES if p.is_file()), None)
-    if path is None:
-        pytest.skip("no state-dict table found")
+    """(name without 'model.', shape, dtype) from the packaged table (docs/checkpoint.md)."""
     rows = []
-    for line in path.read_text().splitlines():
+    for line in _STATE_DICT_TABLE.read_text().splitlines():
         if not line or line.startswith("#") or line.startswith("name\t"):
             continue
         name, shape, dtype = line.split("\t")[:3]
         dims = () if shape == "scalar" else tuple(int(d) for d in shape.split("x"))
         rows.append((name, dims, dtype))
-    if any(name.startswith("model.") for name, _, _ in rows):
-        rows = [(n.removeprefix("model."), s, d) for n, s, d in rows if n.startswith("model.")]
     return rows
 
 
@@ -146,7 +138,7 @@ def test_output_rotations_are_proper(outputs):
 
 
 def test_depth_head_does_not_reach_pose_shape_or_camera(net, inputs, outputs):
-    """The depth map and its head never feed the attention or the regressor (spec §5, §11.3)."""
+    """The depth map and its head never feed the attention or the regressor (docs/network.md)."""
     final = net.depth_decoder.final_layers[3]
     saved = final.weight.detach().clone(), final.bias.detach().clone()
     try:
@@ -212,7 +204,7 @@ def test_attention_pool_equals_adaptive_pool_and_softmax_weights():
 
 
 def test_regressor_matches_independent_einsum(net):
-    """Spec §6 written out in numpy: per-joint [6D, att, bbox, mean depth], joint-major flat."""
+    """docs/network.md in numpy: per-joint [6D, att, bbox, mean depth], joint-major flat."""
     head = net.head
     gen = torch.Generator().manual_seed(5)
     att = torch.randn(2, 720, 22, generator=gen)

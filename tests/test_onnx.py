@@ -152,24 +152,6 @@ def test_torch_export_matches_torch_and_torch_free(
     np.testing.assert_allclose(single["rotmat"], exported["rotmat"][1:], atol=TOL)
 
 
-def test_runtime_model_is_cached_and_rebuilt_when_template_changes(
-    checkpoint_path, torch_free_outputs, tmp_path
-):
-    cache = tmp_path / "cache"
-    first = onnx_model.build_runtime_model(checkpoint_path, cache)
-    weights = first.parent / onnx_model.WEIGHTS_FILE
-    stamp = weights.stat().st_mtime_ns
-    assert onnx_model.build_runtime_model(checkpoint_path, cache) == first
-    assert weights.stat().st_mtime_ns == stamp  # reused, not rewritten
-    assert [p.name for p in cache.iterdir()] == [first.parent.name]  # no temp leftovers
-    # A different template invalidates the entry.
-    other = tmp_path / "template.onnx"
-    other.write_bytes(onnx_model.TEMPLATE_PATH.read_bytes() + b"")
-    (first.parent / "template.sha256").write_text("stale")
-    rebuilt = onnx_model.build_runtime_model(checkpoint_path, cache, template_path=other)
-    assert rebuilt == first and (first.parent / "template.sha256").read_text() != "stale"
-
-
 def test_metadata_reader_agrees_with_onnx():
     data = onnx_model.TEMPLATE_PATH.read_bytes()
     model = onnx.load_from_string(data)

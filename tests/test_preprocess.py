@@ -12,7 +12,7 @@ skimage_data = pytest.importorskip("skimage.data")
 
 
 def _reference_crop(img: np.ndarray, center, scale: float, res: int = 224) -> np.ndarray:
-    """The reference demo's crop, written from the spec (§9) with skimage's resize."""
+    """The reference demo's crop, written from docs/preprocessing.md with skimage's resize."""
     h = 200 * scale
     t = np.array(
         [

@@ -1,6 +1,5 @@
 """The SMPL-X armature: names, rest pose, frames, and exact joint positions against smplx."""
 
-import bpy
 import numpy as np
 import pytest
 
@@ -12,6 +11,7 @@ from dpose_core.rotations import axis_angle_to_matrix
 from dpose_core.skeleton import JOINT_NAMES, PARENTS
 from tests.blender_support import import_blender_module, smplx_reference
 
+bpy = pytest.importorskip("bpy")  # collected (and skipped) without Blender
 pytestmark = pytest.mark.blender
 
 rig = import_blender_module("rig")

@@ -2,7 +2,6 @@
 
 import time
 
-import bpy
 import numpy as np
 import pytest
 
@@ -15,6 +14,7 @@ from dpose_core.skeleton import JOINT_NAMES
 from tests.blender_support import import_blender_module, smplx_reference
 from tests.synth_body import write_synthetic_smplx_npz
 
+bpy = pytest.importorskip("bpy")  # collected (and skipped) without Blender
 pytestmark = pytest.mark.blender
 
 rig = import_blender_module("rig")
