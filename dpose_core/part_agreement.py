@@ -91,14 +91,18 @@ def project_to_crop(
     inverse depth 0, so the rasteriser skips their triangles.
     """
     p = np.asarray(points_cam, dtype=np.float64)
-    f = np.asarray(focal_px, dtype=np.float64).reshape(-1, 1, 2)
-    c = np.asarray(principal_point, dtype=np.float64).reshape(-1, 1, 2)
-    box = np.asarray(crop_box, dtype=np.float64).reshape(-1, 4)
-    if p.ndim != 3 or p.shape[2] != 3 or not len(f) == len(c) == len(box) == len(p):
+    f = np.asarray(focal_px, dtype=np.float64)
+    c = np.asarray(principal_point, dtype=np.float64)
+    box = np.asarray(crop_box, dtype=np.float64)
+    n = len(p)
+    if p.ndim != 3 or p.shape[2] != 3 or f.shape != (n, 2) or c.shape != (n, 2) or box.shape != (
+        n, 4
+    ):
         raise ValueError(
-            f"points_cam (N,V,3) needs focal_px/principal_point (N,2) and crop_box (N,4); got "
-            f"{p.shape}, {f.shape[::2]}, {c.shape[::2]}, {box.shape}"
+            "points_cam (N,V,3) needs focal_px and principal_point (N,2) and crop_box (N,4); "
+            f"got {p.shape}, {f.shape}, {c.shape}, {box.shape}"
         )
+    f, c = f[:, None], c[:, None]
     side = box[:, 2:] - box[:, :2]  # (N,2) crop region width, height in image pixels
     if np.any(~(side > 0)):
         raise ValueError(f"crop boxes must have x0 < x1 and y0 < y1, got {box.tolist()}")
@@ -200,8 +204,8 @@ def part_agreement_arrays(
     crop_box = np.asarray(crop_box, dtype=np.float64).reshape(n, 4)
     classes = body_model_part_classes(body_model)
     rendered = np.zeros(part_labels.shape, dtype=np.uint8)
-    for s in range(0, n, _CHUNK):
-        rows = slice(s, min(n, s + _CHUNK))
+    for start in range(0, n, _CHUNK):
+        rows = slice(start, min(n, start + _CHUNK))
         frame_betas = betas[rows] if betas.ndim == 2 else betas
         if pose_correctives:
             verts = body_model.forward(

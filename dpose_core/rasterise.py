@@ -3,9 +3,9 @@
 Why our own: the part-agreement score must run wherever the core runs (Blender, a farm node)
 without an OpenGL context or a renderer package, and it must cost little next to the network.
 Rendering happens at the segmentation map's own resolution (224 px), where an SMPL-X triangle
-covers a pixel or two, so the fill works on whole batches of triangles at once: triangles are
-grouped by the size of their pixel bounding box, each group tests every pixel centre of its
-boxes in one array operation, and the nearest surface wins per pixel.
+covers a pixel or two, so the fill works on all triangles at once: every pixel centre in each
+triangle's pixel bounding box becomes one array element, is tested against the triangle's three
+edges, and the nearest surface wins per pixel.
 
 Pixel convention: pixel (col i, row j) is the unit square [i, i+1) x [j, j+1); it is covered
 when its centre (i + 0.5, j + 0.5) lies inside the triangle (edges included). A covered
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Triangles per batch inside one size group: bounds the temporaries (triangles x box pixels).
+# Box pixels tested per pass: bounds the temporaries however large the triangles are.
 _MAX_CANDIDATES = 1 << 20
 
 
@@ -104,25 +104,19 @@ def rasterise_labels(
     box_pixels = width * height
     box_pixels[area <= 0] = 0  # degenerate triangles cover nothing
     ends = np.cumsum(box_pixels)
-    pixels, depths, values = [], [], []
+    out = np.zeros(n_frames * size * size, dtype=np.uint8)
+    zbuf = np.zeros(n_frames * size * size)  # inverse depth; 0 = nothing drawn yet
     first = 0
     while first < len(ends):
         base = ends[first - 1] if first else 0
         last = max(first + 1, int(np.searchsorted(ends, base + _MAX_CANDIDATES, side="right")))
-        found = _cover(tris, slice(first, last), box_pixels[first:last], size)
-        pixels.append(found[0])
-        depths.append(found[1])
-        values.append(found[2])
-        first = last
-    out = np.zeros(n_frames * size * size, dtype=np.uint8)
-    if pixels:
-        pixel, depth, value = np.concatenate(pixels), np.concatenate(depths), np.concatenate(values)
-        # Nearest wins: raise a z-buffer of inverse depth, then the fragments that reached it
-        # write their label.
-        zbuf = np.zeros(n_frames * size * size)
+        pixel, depth, value = _cover(tris, slice(first, last), box_pixels[first:last], size)
+        # Nearest wins: raise the z-buffer, then the fragments that reached it write their
+        # label (over any farther one written by an earlier pass).
         np.maximum.at(zbuf, pixel, depth)
         wins = depth >= zbuf[pixel]
         out[pixel[wins]] = value[wins]
+        first = last
     out = out.reshape(n_frames, size, size)
     return out[0] if single else out
 

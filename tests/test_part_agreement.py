@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from dpose_core import camera, preprocess
+from dpose_core import camera, preprocess, rasterise
 from dpose_core.body_model import BodyModel
 from dpose_core.constants import CROP_SIZE, NUM_PART_CLASSES
 from dpose_core.estimator import Estimate
@@ -158,7 +158,10 @@ def _brute_force(xy, inv_z, faces, labels, size):
     return out
 
 
-def test_rasteriser_equals_a_per_pixel_reference():
+@pytest.mark.parametrize("pass_size", [None, 37])  # one pass; many passes over the boxes
+def test_rasteriser_equals_a_per_pixel_reference(pass_size, monkeypatch):
+    if pass_size is not None:
+        monkeypatch.setattr(rasterise, "_MAX_CANDIDATES", pass_size)
     rng = np.random.default_rng(3)
     size, n_faces = 24, 40
     xy = rng.uniform(-6, size + 6, (3 * n_faces, 2))
