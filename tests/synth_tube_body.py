@@ -11,6 +11,8 @@ the hip), with a blend towards the child joint near the far end. About 20 000 tr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from dpose_core.body_model import BodyModel
@@ -121,3 +123,28 @@ def tube_body_from_npz(body_model_npz) -> BodyModel:
     """The tube body around the skeleton of a synth_body SMPLX_NEUTRAL.npz."""
     source = BodyModel.load(body_model_npz)
     return tube_body_model(source.rest_joints(np.zeros(11)))
+
+
+def write_tube_smplx_npz(path, body_model_npz) -> Path:
+    """The tube body as an SMPLX_NEUTRAL.npz (same keys as synth_body writes), e.g. to build a
+    random checkpoint whose body renders sensibly: `write_random_checkpoint(ckpt, path)`.
+
+    Scoring part agreement on synth_body itself is slow (its random faces span the whole body,
+    ~50 M pixel fragments per crop); on this body it costs what it does on real SMPL-X.
+    """
+    data = dict(np.load(body_model_npz, allow_pickle=False))
+    body = tube_body_from_npz(body_model_npz)
+    data.update(
+        v_template=body.v_template,
+        shapedirs=np.zeros_like(data["shapedirs"]),
+        posedirs=np.zeros_like(data["posedirs"]),
+        J_regressor=body.J_regressor,
+        weights=body.lbs_weights,
+        f=body.faces.astype(np.uint32),
+        lmk_faces_idx=body.lmk_faces_idx,
+        lmk_bary_coords=body.lmk_bary_coords,
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **data)
+    return path

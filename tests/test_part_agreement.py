@@ -351,3 +351,15 @@ def test_motion_file_keeps_the_scores(scene, tmp_path):
     assert load_motion_npz(save_motion_npz(tmp_path / "plain.npz", motion)).part_iou is None
     with pytest.raises(ValueError, match="score rows"):
         with_agreement(motion.slice(0, 2), scores)
+
+
+def test_tube_body_file_loads_as_the_same_body(body_model_npz, tmp_path):
+    from tests.synth_tube_body import write_tube_smplx_npz
+
+    loaded = BodyModel.load(write_tube_smplx_npz(tmp_path / "SMPLX_NEUTRAL.npz", body_model_npz))
+    body = tube_body_from_npz(body_model_npz)
+    rot = _true_pose()
+    np.testing.assert_allclose(
+        loaded.forward(rot, np.ones(11), CAM_T).vertices,
+        body.forward(rot, np.zeros(11), CAM_T).vertices, atol=1e-12,
+    )  # fmt: skip
