@@ -4,8 +4,8 @@ The network's time per crop (ONNX Runtime `session.run` through `Estimator.run_c
 1, random-weight checkpoint in the official layout) and the score's time per frame are
 measured alternately in each round, so machine noise hits both alike. The score runs on the
 tube body of the tests (the synthetic SMPL-X skeleton, 10 475 vertices, 18 720 triangles of
-1-3 px; real SMPL-X has 20 908) posed near a known pose and filling the crop as a detected
-person does; its cost does not depend on the (random) network output.
+1-3 px, padded with empty ones to SMPL-X's 20 908), posed near a known pose and filling the
+crop as a detected person does; its cost does not depend on the (random) network output.
 
     python bench/bench_part_agreement.py [--rounds 7] [--frames 16] [--threads N]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dpose_core.body_model import BodyModel
-from dpose_core.skeleton import JOINT_NAMES, NUM_JOINTS, NUM_VERTICES, PARENTS
+from dpose_core.skeleton import JOINT_NAMES, NUM_FACES, NUM_JOINTS, NUM_VERTICES, PARENTS
 
 _J = {name: i for i, name in enumerate(JOINT_NAMES)}
 _AROUND = 24  # vertices per ring
@@ -67,8 +67,9 @@ def tube_body_model(rest_joints: np.ndarray) -> BodyModel:
     """A BodyModel of bone tubes around `rest_joints` (55,3), e.g. synth_body's skeleton.
 
     The first 55 vertices sit on the joints (the joint regressor reads them; no face uses
-    them); the rest are tubes, then unused padding up to SMPL-X's vertex count. Shape and
-    pose blend shapes are zero: betas change nothing, the surface moves only by skinning.
+    them); the rest are tubes, then unused padding up to SMPL-X's vertex count. The 18 720
+    tube triangles are followed by empty ones (all corners at vertex 0) up to SMPL-X's 20 908.
+    Shape and pose blend shapes are zero: betas change nothing; only skinning moves the surface.
     """
     rest_joints = np.asarray(rest_joints, dtype=np.float64)
     parents = np.array(PARENTS)
@@ -106,6 +107,8 @@ def tube_body_model(rest_joints: np.ndarray) -> BodyModel:
     j_regressor = np.zeros((NUM_JOINTS, NUM_VERTICES))
     j_regressor[np.arange(NUM_JOINTS), np.arange(NUM_JOINTS)] = 1.0
     all_faces = np.concatenate(faces)
+    # SMPL-X's face count (the checkpoint layout fixes it): the rest are empty, at vertex 0.
+    all_faces = np.concatenate([all_faces, np.zeros((NUM_FACES - len(all_faces), 3), np.int64)])
     return BodyModel(
         v_template=v_template,
         shapedirs=np.zeros((NUM_VERTICES, 3, 11)),
