@@ -56,16 +56,20 @@ class AgreementScores:
         with np.errstate(invalid="ignore"):
             return np.flatnonzero(self.mean_iou < threshold)
 
-    def summary(self) -> dict:
-        """JSON-ready figures for a report: means over the frames and per class, NaN -> None."""
+    def frame_summary(self, row: int) -> dict:
+        """JSON-ready scores of one row (a crop or frame): NaN -> None, 4 decimals."""
+        return {
+            "mean_part_iou": _json_number(self.mean_iou[row]),
+            "silhouette_iou": _json_number(self.silhouette_iou[row]),
+            "part_iou": [_json_number(v) for v in self.part_iou[row]],
+        }
 
-        def num(value) -> float | None:
-            value = float(value)
-            return None if math.isnan(value) else round(value, 4)
+    def summary(self) -> dict:
+        """JSON-ready figures for a report: means over the scored rows, overall and per class."""
 
         def mean(values: np.ndarray) -> float | None:
             finite = values[np.isfinite(values)]
-            return num(finite.mean()) if finite.size else None
+            return _json_number(finite.mean()) if finite.size else None
 
         return {
             "frames": len(self),
@@ -74,6 +78,11 @@ class AgreementScores:
             "mean_silhouette_iou": mean(self.silhouette_iou),
             "part_iou_per_class": [mean(self.part_iou[:, c]) for c in range(NUM_PART_CLASSES)],
         }
+
+
+def _json_number(value) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else round(value, 4)
 
 
 def project_to_crop(

@@ -336,6 +336,9 @@ def test_motion_scores_fill_unlabelled_rows_with_nan(scene):
     summary = json.loads(json.dumps(scores.summary(), allow_nan=False))
     assert summary["frames"] == 3 and summary["frames_scored"] == 2
     assert summary["part_iou_per_class"][1] is None  # class 1 is never drawn nor predicted
+    row = json.loads(json.dumps(scores.frame_summary(0), allow_nan=False))
+    assert row["mean_part_iou"] == 1.0 and len(row["part_iou"]) == 23 and row["part_iou"][1] is None
+    assert json.loads(json.dumps(scores.frame_summary(2)))["silhouette_iou"] is None
 
 
 def test_motion_file_keeps_the_scores(scene, tmp_path):
