@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import preprocess
 from .constants import CROP_SIZE, NUM_PART_CLASSES
 from .part_labels import BACKGROUND_CLASS, UNUSED_CLASS, body_model_part_classes
 from .rasterise import rasterise_labels
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 SCORED_CLASSES = np.array(
     [c for c in range(NUM_PART_CLASSES) if c not in (BACKGROUND_CLASS, UNUSED_CLASS)]
 )
-# Frames are posed and filled this many at a time (bounds the (n, V, 4, 4)-sized temporaries).
+# Frames are posed and filled this many at a time (bounds the (n, V, 12) skinning blend).
 _CHUNK = 16
 # Near plane, metres: vertices closer than this to the camera are not drawn.
 _NEAR_M = 1e-3
@@ -240,19 +241,28 @@ def part_agreement(
     )  # fmt: skip
 
 
+def crop_boxes_of(person_boxes: np.ndarray) -> np.ndarray:
+    """(M,4) xyxy boxes given to the network -> (M,4) image regions its crops covered."""
+    boxes = np.asarray(person_boxes, dtype=np.float64).reshape(-1, 4)
+    return np.array(
+        [preprocess.crop_box(*preprocess.box_to_center_scale(b)) for b in boxes]
+    ).reshape(-1, 4)
+
+
 def motion_part_agreement(
     motion: Motion,
     body_model: BodyModel,
-    crop_box: np.ndarray,
     part_labels: np.ndarray,
+    crop_box: np.ndarray | None = None,
     rows: np.ndarray | None = None,
     pose_correctives: bool = False,
 ) -> AgreementScores:
     """Scores of a motion's frames (the body as keyed, e.g. after smoothing) against labels.
 
-    part_labels (M,224,224) and crop_box (M,4) belong to the motion rows `rows` (M indices;
-    default: all rows in order). Rows without labels (interpolated frames) score NaN. The
-    motion must be in the OpenCV camera frame and carry focal_px and principal_point.
+    part_labels (M,224,224) belong to the motion rows `rows` (M indices; default: all rows in
+    order); crop_box (M,4) their crops' image regions, by default derived from the motion's
+    `boxes` (the boxes the network was given). Rows without labels (interpolated frames) score
+    NaN. The motion must be in the OpenCV camera frame and carry focal_px and principal_point.
     """
     from .motion import FRAME_OPENCV_CAMERA
 
@@ -267,6 +277,10 @@ def motion_part_agreement(
     rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
     if rows.size and (rows.min() < 0 or rows.max() >= n):
         raise ValueError(f"rows must index the motion's {n} frames")
+    if crop_box is None:
+        if motion.boxes is None:
+            raise ValueError("part agreement needs crop boxes or the motion's boxes")
+        crop_box = crop_boxes_of(motion.boxes[rows])
     scored = part_agreement_arrays(
         body_model, motion.rotmats[rows], motion.betas, motion.transl[rows],
         motion.focal_px[rows], motion.principal_point[rows], crop_box, part_labels,
@@ -319,6 +333,8 @@ def skinned_vertices(
     if rest is None:
         rest = _REST_MODELS[body_model] = _RestModel(body_model)
     rot = np.asarray(rotmats, dtype=np.float64)
+    if rot.ndim != 4 or rot.shape[1] not in (22, NUM_JOINTS) or rot.shape[2:] != (3, 3):
+        raise ValueError(f"rotmats must be (n,22,3,3) or (n,55,3,3), got {rot.shape}")
     n, k = rot.shape[:2]
     b = np.asarray(betas, dtype=np.float64)
     dims = rest.shape_dirs.shape[1]

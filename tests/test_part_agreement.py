@@ -18,6 +18,7 @@ from dpose_core.motion import Motion
 from dpose_core.motion_io import load_motion_npz, save_motion_npz
 from dpose_core.part_agreement import (
     compare_part_labels,
+    crop_boxes_of,
     motion_part_agreement,
     part_agreement,
     part_agreement_arrays,
@@ -61,7 +62,7 @@ def _true_pose() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def scene(body_model_npz):
-    """(tube body, true rotmats, crop box (1,4), truth labels (1,224,224))."""
+    """(tube body, true rotmats, crop box (1,4), truth labels (1,224,224), person box (4,))."""
     body = tube_body_from_npz(body_model_npz)
     rot = _true_pose()
     verts = body.forward(rot, np.zeros(11), CAM_T, pose_correctives=False).vertices
@@ -72,11 +73,11 @@ def scene(body_model_npz):
     truth = render_part_labels(
         verts, body.faces, body_model_part_classes(body), FOCAL, PRINCIPAL, crop_box
     )
-    return body, rot, crop_box, truth
+    return body, rot, crop_box, truth, np.array(person_box)
 
 
 def _score(scene, rot=None, cam_t=CAM_T):
-    body, true_rot, crop_box, truth = scene
+    body, true_rot, crop_box, truth, _ = scene
     return part_agreement_arrays(
         body, true_rot if rot is None else rot, np.zeros(11), cam_t, FOCAL, PRINCIPAL,
         crop_box, truth,
@@ -296,7 +297,7 @@ def test_compare_refuses_bad_labels():
 
 
 def test_estimate_scores_equal_the_array_scores(scene):
-    body, rot, crop_box, truth = scene
+    body, rot, crop_box, truth, _ = scene
     estimate = Estimate(
         rotmats=rot.astype(np.float32), pose_axis_angle=np.zeros((1, 22, 3)),
         betas=np.zeros((1, 11), np.float32), cam_crop=np.zeros((1, 3)), cam_t=CAM_T,
@@ -328,7 +329,7 @@ def test_motion_scores_fill_unlabelled_rows_with_nan(scene):
     motion = _motion(scene)
     crop_box, truth = scene[2], scene[3]
     scores = motion_part_agreement(
-        motion, scene[0], np.repeat(crop_box, 2, 0), np.repeat(truth, 2, 0), rows=[0, 1]
+        motion, scene[0], np.repeat(truth, 2, 0), np.repeat(crop_box, 2, 0), rows=[0, 1]
     )
     assert scores.mean_iou[0] >= 0.99 and scores.mean_iou[1] < 0.9
     assert np.isnan(scores.mean_iou[2]) and np.all(np.isnan(scores.part_iou[2]))
@@ -341,10 +342,21 @@ def test_motion_scores_fill_unlabelled_rows_with_nan(scene):
     assert json.loads(json.dumps(scores.frame_summary(2)))["silhouette_iou"] is None
 
 
+def test_motion_crop_boxes_come_from_its_person_boxes(scene):
+    motion = _motion(scene).replace(boxes=scene[4])
+    np.testing.assert_array_equal(crop_boxes_of(motion.boxes[:1]), scene[2])
+    derived = motion_part_agreement(motion, scene[0], np.repeat(scene[3], 3, 0))
+    given = motion_part_agreement(motion, scene[0], np.repeat(scene[3], 3, 0),
+                                  np.repeat(scene[2], 3, 0))  # fmt: skip
+    np.testing.assert_array_equal(derived.part_iou, given.part_iou)
+    with pytest.raises(ValueError, match="crop boxes"):
+        motion_part_agreement(_motion(scene), scene[0], np.repeat(scene[3], 3, 0))
+
+
 def test_motion_file_keeps_the_scores(scene, tmp_path):
     motion = _motion(scene)
-    all_rows = np.repeat(scene[2], 3, 0), np.repeat(scene[3], 3, 0)
-    scores = motion_part_agreement(motion, scene[0], *all_rows)
+    scores = motion_part_agreement(motion, scene[0], np.repeat(scene[3], 3, 0),
+                                   np.repeat(scene[2], 3, 0))  # fmt: skip
     scored = with_agreement(motion, scores)
     loaded = load_motion_npz(save_motion_npz(tmp_path / "m.npz", scored))
     np.testing.assert_array_equal(loaded.part_iou, scores.part_iou)  # NaN columns included
