@@ -11,9 +11,10 @@ crop as a detected person does; its cost does not depend on the (random) network
 
 Reported per frame: one frame at a time (the image pipeline), a batch of --frames frames
 (a video chunk), the parts (skinning, projection + fill, comparison), and, for contrast,
-posing through `BodyModel.forward` with pose correctives. --threads sets ONNX Runtime's
-intra-op threads (default: one per physical core, as the add-on runs); numpy work is
-single-threaded apart from BLAS.
+posing through `BodyModel.forward` with pose correctives. Wall-clock and CPU time are both
+given: on a shared machine the wall clock of a multi-threaded ONNX Runtime suffers more than
+single-threaded numpy, while CPU time with --threads 1 compares the work itself. --threads
+sets ONNX Runtime's intra-op threads (default: one per physical core, as the add-on runs).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -66,10 +66,11 @@ def _scene(body, frames: int, rng: np.random.Generator):
     return rot, transl, crop_box, np.repeat(truth, frames, axis=0)
 
 
-def _per_frame(fn, frames: int) -> float:
-    start = time.perf_counter()
+def _per_frame(fn, frames: int) -> tuple[float, float]:
+    """(wall-clock, CPU) seconds per frame; CPU time sums the process's threads."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return (time.perf_counter() - start) / frames
+    return (time.perf_counter() - wall) / frames, (time.process_time() - cpu) / frames
 
 
 def main() -> None:
@@ -141,7 +142,7 @@ def main() -> None:
         }  # fmt: skip
         for fn in measures.values():  # warm-up: caches, ONNX Runtime arenas
             fn()
-        times: dict[str, list[float]] = {name: [] for name in measures}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in measures}
         for _ in range(args.rounds):
             for name, fn in measures.items():
                 times[name].append(fn())
@@ -151,14 +152,17 @@ def main() -> None:
           f"({estimator.device}, {args.threads or physical_cores()} threads); numpy "
           f"{np.__version__}; {args.rounds} rounds, "
           f"{n} frames")  # fmt: skip
-    net = times["network (session.run), batch 1, per crop"]
-    net_med, net_best = statistics.median(net), min(net)
-    print("| measure | median | best | share of the network (median / best) |")
-    print("|---|---|---|---|")
+    net = np.array(times["network (session.run), batch 1, per crop"])
+    net_wall, net_best, net_cpu = np.median(net[:, 0]), net[:, 0].min(), np.median(net[:, 1])
+    print("| measure | wall median (best) | share of the network: median (best) | CPU median "
+          "| CPU share |")
+    print("|---|---|---|---|---|")
     for name, values in times.items():
-        med, best = statistics.median(values), min(values)
-        share = f"{100 * med / net_med:.1f} % / {100 * best / net_best:.1f} %"
-        print(f"| {name} | {1e3 * med:.1f} ms | {1e3 * best:.1f} ms | {share} |")
+        v = np.array(values)
+        wall, best, cpu = np.median(v[:, 0]), v[:, 0].min(), np.median(v[:, 1])
+        print(f"| {name} | {1e3 * wall:.1f} ms ({1e3 * best:.1f} ms) | "
+              f"{100 * wall / net_wall:.1f} % ({100 * best / net_best:.1f} %) | "
+              f"{1e3 * cpu:.1f} ms | {100 * cpu / net_cpu:.1f} % |")
 
 
 if __name__ == "__main__":
