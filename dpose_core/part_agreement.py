@@ -24,7 +24,7 @@ from . import preprocess
 from .constants import CROP_SIZE, NUM_PART_CLASSES
 from .part_labels import BACKGROUND_CLASS, UNUSED_CLASS, body_model_part_classes
 from .rasterise import rasterise_labels
-from .skeleton import NUM_JOINTS
+from .skeleton import NUM_JOINTS, NUM_PREDICTED_JOINTS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .body_model import BodyModel
@@ -314,6 +314,14 @@ class _RestModel:
         self.joint_dirs = np.einsum("jv,vkl->jkl", body_model.J_regressor, body_model.shapedirs)
         self.parents = body_model.parents
         self.weights = body_model.lbs_weights  # (V,55)
+        # A joint that keeps its parent's rotation moves its vertices exactly as the parent
+        # does, so with only the 22 predicted rotations the jaw, eye and finger weights can
+        # be added to their nearest predicted ancestor: a (V,22) blend instead of (V,55).
+        ancestor = np.arange(NUM_JOINTS)
+        for j in range(NUM_PREDICTED_JOINTS, NUM_JOINTS):
+            ancestor[j] = ancestor[self.parents[j]]
+        self.predicted_weights = np.zeros((len(self.weights), NUM_PREDICTED_JOINTS))
+        np.add.at(self.predicted_weights.T, ancestor, self.weights.T)
 
 
 _REST_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -326,14 +334,14 @@ def skinned_vertices(
 
     The same numbers as `body_model.forward(..., pose_correctives=False).vertices` at a
     fraction of the cost: the joint regression of the shape space is done once per model and
-    the blend is one (V,55) x (55,12) product per frame. rotmats (n,22|55,3,3), betas (11,)
-    or (n,11), transl (n,3).
+    the blend is one (V,22) x (22,12) product per frame (55 joints when given 55 rotations).
+    rotmats (n,22|55,3,3), betas (11,) or (n,11), transl (n,3).
     """
     rest = _REST_MODELS.get(body_model)
     if rest is None:
         rest = _REST_MODELS[body_model] = _RestModel(body_model)
     rot = np.asarray(rotmats, dtype=np.float64)
-    if rot.ndim != 4 or rot.shape[1] not in (22, NUM_JOINTS) or rot.shape[2:] != (3, 3):
+    if rot.ndim != 4 or rot.shape[1:] not in ((NUM_PREDICTED_JOINTS, 3, 3), (NUM_JOINTS, 3, 3)):
         raise ValueError(f"rotmats must be (n,22,3,3) or (n,55,3,3), got {rot.shape}")
     n, k = rot.shape[:2]
     b = np.asarray(betas, dtype=np.float64)
@@ -347,20 +355,20 @@ def skinned_vertices(
         shaped = (rest.v_template + (rest.shape_dirs @ b[0]).reshape(-1, 3))[None]
     else:
         shaped = rest.v_template + (b @ rest.shape_dirs.T).reshape(n, -1, 3)
-    world_rot = np.empty((n, NUM_JOINTS, 3, 3))
-    world_pos = np.empty((n, NUM_JOINTS, 3))
+    world_rot = np.empty((n, k, 3, 3))
+    world_pos = np.empty((n, k, 3))
     world_rot[:, 0] = rot[:, 0]
     world_pos[:, 0] = joints[:, 0]
-    for j in range(1, NUM_JOINTS):
+    for j in range(1, k):
         p = rest.parents[j]
-        # Joints the network does not predict (jaw, eyes, fingers) keep their parent's rotation.
-        world_rot[:, j] = world_rot[:, p] @ rot[:, j] if j < k else world_rot[:, p]
+        world_rot[:, j] = world_rot[:, p] @ rot[:, j]
         offset = joints[:, j] - joints[:, p]
         world_pos[:, j] = world_pos[:, p] + np.einsum("nab,nb->na", world_rot[:, p], offset)
     # Per joint x -> R x + t with t = posed joint - R rest joint; blended per vertex.
-    shift = world_pos - np.einsum("njab,njb->nja", world_rot, joints)
-    transforms = np.concatenate([world_rot.reshape(n, NUM_JOINTS, 9), shift], axis=2)
-    blend = rest.weights @ transforms  # (n,V,12)
+    shift = world_pos - np.einsum("njab,njb->nja", world_rot, joints[:, :k])
+    transforms = np.concatenate([world_rot.reshape(n, k, 9), shift], axis=2)
+    weights = rest.weights if k == NUM_JOINTS else rest.predicted_weights
+    blend = weights @ transforms  # (n,V,12)
     x, y, z = shaped[..., 0:1], shaped[..., 1:2], shaped[..., 2:3]
     verts = blend[..., 0:9:3] * x + blend[..., 1:9:3] * y + blend[..., 2:9:3] * z
     verts += blend[..., 9:12]
