@@ -84,7 +84,8 @@ def rasterise_labels(
     height = np.minimum(y_hi[keep], size - 1).astype(np.int64) - y_lo + 1
     xa, ya, xb, yb, xc, yc = (c[keep] for c in (xa, ya, xb, yb, xc, yc))
     za, zb, zc = za[keep], zb[keep], zc[keep]
-    corner_labels = labels[faces[keep % n_faces]]  # (T,3)
+    face_of = keep % n_faces if n_frames > 1 else keep
+    la, lb, lc = (labels[faces[face_of, k]] for k in range(3))
     # Wind every triangle counter-clockwise in pixel space (positive doubled area) so that
     # "inside" is simply three non-negative edge functions.
     area = (xb - xa) * (yc - ya) - (xc - xa) * (yb - ya)
@@ -92,11 +93,11 @@ def rasterise_labels(
     xb, xc = np.where(flip, xc, xb), np.where(flip, xb, xc)
     yb, yc = np.where(flip, yc, yb), np.where(flip, yb, yc)
     zb, zc = np.where(flip, zc, zb), np.where(flip, zb, zc)
-    corner_labels[flip] = corner_labels[flip][:, [0, 2, 1]]
+    lb, lc = np.where(flip, lc, lb), np.where(flip, lb, lc)
     area = np.abs(area)
     tris = _Triangles(
         x_lo, y_lo, width, (keep // n_faces) * (size * size),
-        np.stack([xa, ya, xb, yb, xc, yc]), np.stack([za, zb, zc]), corner_labels.T,
+        np.stack([xa, ya, xb, yb, xc, yc]), np.stack([za, zb, zc]), np.stack([la, lb, lc]),
         np.divide(1.0, area, out=np.zeros_like(area), where=area > 0),
     )  # fmt: skip
 
