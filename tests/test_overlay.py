@@ -111,6 +111,8 @@ def test_overlay_estimate_draws_the_crops_of_one_image():
     )  # fmt: skip
     out = overlay_estimate(_grey(100, 100), estimate, image_index=1, alpha=1.0, legend=False)
     np.testing.assert_array_equal(out[50, 50], PART_COLOURS[9])
+    nobody = overlay_estimate(_grey(100, 100), estimate, image_index=2)  # no crop: the photo
+    np.testing.assert_array_equal(nobody, _grey(100, 100))
 
 
 def test_write_png_round_trips_and_leaves_no_temp(tmp_path):
