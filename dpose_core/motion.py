@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .constants import NUM_PART_CLASSES
 from .rotations import (
     make_quaternions_continuous,
     matrix_to_axis_angle,
@@ -42,7 +43,8 @@ class Motion:
     rotmats (N,55,3,3) local rotations; transl (N,3) metres; betas (11,); fps of the source;
     confidence (N,) in [0,1]; frame_indices (N,) int source frame numbers (gaps allowed);
     boxes (N,4) xyxy px; focal_px (N,2); principal_point (N,2); image_size (2,) (w, h);
-    flags (N,) uint8 bitmask of FLAG_*.
+    flags (N,) uint8 bitmask of FLAG_*; part_iou (N,23) and silhouette_iou (N,) how well
+    each frame's body agrees with the network's part map (part_agreement; NaN = not scored).
     """
 
     rotmats: np.ndarray
@@ -58,6 +60,8 @@ class Motion:
     image_size: np.ndarray | None = None
     flags: np.ndarray | None = None
     coordinate_frame: str = FRAME_OPENCV_CAMERA
+    part_iou: np.ndarray | None = None
+    silhouette_iou: np.ndarray | None = None
     # (rotmats it belongs to, axis-angle): keeps axis-angle read from a file bit-exact on save.
     _axis_angle_cache: tuple[np.ndarray, np.ndarray] | None = field(
         default=None, repr=False, compare=False
@@ -99,6 +103,10 @@ class Motion:
             setattr(self, name, _shaped(value, (n, width), name))
         if self.image_size is not None:
             self.image_size = _shaped(self.image_size, (2,), "image_size")
+        if self.part_iou is not None:
+            self.part_iou = _shaped(self.part_iou, (n, NUM_PART_CLASSES), "part_iou")
+        if self.silhouette_iou is not None:
+            self.silhouette_iou = _shaped(self.silhouette_iou, (n,), "silhouette_iou")
         self.gender = str(self.gender)
         self.coordinate_frame = str(self.coordinate_frame)
         if not all(np.all(np.isfinite(a)) for a in (self.rotmats, self.transl, self.betas)):

@@ -9,7 +9,8 @@ Written keys (N frames):
     dpose_confidence (N,), dpose_frame_indices (N,), dpose_flags (N,) uint8,
     dpose_boxes (N,4) xyxy px, dpose_focal_px (N,2), dpose_principal_point (N,2),
     dpose_image_size (2,) (w, h), dpose_source_fps (the footage's rate: frame_indices / it =
-    seconds), dpose_coordinate_frame, dpose_format_version.
+    seconds), dpose_coordinate_frame, dpose_format_version;
+    when scored: dpose_part_iou (N,23) and dpose_silhouette_iou (N,) (NaN = frame not scored).
 
 Frames: our root_orient and trans are in the OpenCV camera frame of the footage (x right,
 y down, z forward; dpose_coordinate_frame = "opencv_camera"). AMASS files are in a Z-up world
@@ -47,7 +48,7 @@ _SPLIT = (
     ("pose_hand", 25, 30),
 )  # fmt: skip
 _EXTRAS = ("confidence", "frame_indices", "flags", "boxes", "focal_px", "principal_point",
-           "image_size")  # fmt: skip
+           "image_size", "part_iou", "silhouette_iou")  # fmt: skip
 
 
 def motion_to_arrays(motion: Motion) -> dict[str, np.ndarray]:
