@@ -42,7 +42,9 @@ class Motion:
     rotmats (N,55,3,3) local rotations; transl (N,3) metres; betas (11,); fps of the source;
     confidence (N,) in [0,1]; frame_indices (N,) int source frame numbers (gaps allowed);
     boxes (N,4) xyxy px; focal_px (N,2); principal_point (N,2); image_size (2,) (w, h);
-    flags (N,) uint8 bitmask of FLAG_*.
+    flags (N,) uint8 bitmask of FLAG_*. After `refine` (world_z_up): camera_to_world (N,4,4)
+    OpenCV camera axes to world; contacts (N,4) bool and contact_confidence (N,4) in [0,1] for
+    left heel, left toe, right heel, right toe (grounding.FOOT_POINT_NAMES).
     """
 
     rotmats: np.ndarray
@@ -58,6 +60,9 @@ class Motion:
     image_size: np.ndarray | None = None
     flags: np.ndarray | None = None
     coordinate_frame: str = FRAME_OPENCV_CAMERA
+    camera_to_world: np.ndarray | None = None
+    contacts: np.ndarray | None = None
+    contact_confidence: np.ndarray | None = None
     # (rotmats it belongs to, axis-angle): keeps axis-angle read from a file bit-exact on save.
     _axis_angle_cache: tuple[np.ndarray, np.ndarray] | None = field(
         default=None, repr=False, compare=False
@@ -99,10 +104,19 @@ class Motion:
             setattr(self, name, _shaped(value, (n, width), name))
         if self.image_size is not None:
             self.image_size = _shaped(self.image_size, (2,), "image_size")
+        if self.camera_to_world is not None:
+            self.camera_to_world = _shaped(self.camera_to_world, (n, 4, 4), "camera_to_world")
+        if self.contacts is not None:
+            self.contacts = _shaped(self.contacts, (n, 4), "contacts", bool)
+        if self.contact_confidence is not None:
+            self.contact_confidence = _shaped(self.contact_confidence, (n, 4),
+                                              "contact_confidence")
         self.gender = str(self.gender)
         self.coordinate_frame = str(self.coordinate_frame)
         if not all(np.all(np.isfinite(a)) for a in (self.rotmats, self.transl, self.betas)):
             raise ValueError("rotmats, transl and betas must be finite (no NaN/inf)")
+        if self.camera_to_world is not None and not np.all(np.isfinite(self.camera_to_world)):
+            raise ValueError("camera_to_world must be finite (no NaN/inf)")
 
     # ------------------------------------------------------------------ construction
     @classmethod
