@@ -172,8 +172,8 @@ def solve_legs(
 ) -> np.ndarray:
     """New local rotations (N, 55, 3, 3) moving each foot's points towards `goals` (N, 4, 3).
 
-    transforms are the posed joint world transforms (N, 55, 4, 4) of `rotmats` in the world
-    frame; weights (N, 4) say how far each point goes (0 = untouched). Only the hips, knees
+    transforms are the posed joint world transforms (N, J >= 12, 4, 4) of `rotmats` in the
+    world frame; weights (N, 4) say how far each point goes (0 = untouched). Only the hips, knees
     and ankles change; the root stays, so the rest of the body does not move. With
     camera_centres (N, 3) the knees keep their place in the image (see two_bone_ik).
     """

@@ -68,6 +68,27 @@ def foot_points(body_model, betas: np.ndarray) -> FootPoints:
     return FootPoints(FOOT_POINT_JOINTS.copy(), offsets)
 
 
+def posed_skeleton(rotmats: np.ndarray, rest_joints: np.ndarray, parents: np.ndarray,
+                   transl: np.ndarray, count: int = 22) -> np.ndarray:
+    """World transforms (N, count, 4, 4) of the first `count` joints, without skinning.
+
+    The same kinematic chain as BodyModel.forward (the root turns about its rest position, then
+    transl is added) for the body joints only: what grounding needs, at a fraction of the cost.
+    """
+    n = len(rotmats)
+    rel = rest_joints[:count].copy()
+    rel[1:] -= rest_joints[parents[1:count]]
+    out = np.zeros((n, count, 4, 4))
+    out[:, :, 3, 3] = 1.0
+    out[:, 0, :3, :3] = rotmats[:, 0]
+    out[:, 0, :3, 3] = rest_joints[0] + transl
+    for j in range(1, count):
+        p = parents[j]
+        out[:, j, :3, :3] = out[:, p, :3, :3] @ rotmats[:, j]
+        out[:, j, :3, 3] = out[:, p, :3, 3] + out[:, p, :3, :3] @ rel[j]
+    return out
+
+
 def body_height(body_model, betas: np.ndarray) -> float:
     """Standing height of the shaped rest-pose mesh (metres): its extent along model y."""
     y = body_model.shaped_vertices(betas)[:, 1]

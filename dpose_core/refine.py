@@ -138,11 +138,15 @@ def refine_motion(
         motion = _rescale_to_height(motion, body_model, float(subject_height))
     height = grounding.body_height(body_model, motion.betas)
     feet = grounding.foot_points(body_model, motion.betas)
-    pelvis_rest = body_model.rest_joints(motion.betas)[0]
+    rest = body_model.rest_joints(motion.betas)
+    pelvis_rest = rest[0]
 
-    raw = motion.body_output(body_model)
-    raw_points = feet.posed(raw.joint_world_transforms)  # (N,4,3) camera frame
-    raw_pelvis = raw.joints[:, 0]
+    def skeleton(m: Motion) -> np.ndarray:  # (N,22,4,4) body joint transforms
+        return grounding.posed_skeleton(m.rotmats, rest, body_model.parents, m.transl)
+
+    raw = skeleton(motion)
+    raw_points = feet.posed(raw)  # (N,4,3) camera frame
+    raw_pelvis = raw[:, 0, :3, 3]
     intrinsics = _intrinsics(motion)
     if ground == "auto" and intrinsics is not None:
         _check_feet_on_screen(raw_points, intrinsics)
@@ -154,7 +158,9 @@ def refine_motion(
         pelvis=np.einsum("nab,nb->na", track_rot, raw_pelvis),
         points=np.einsum("nab,npb->npa", track_rot, raw_points),
         centres=track_centres,
-        prior_sigma=DEPTH_PRIOR * np.linalg.norm(raw_pelvis, axis=1),
+        # Frames the network or tracker was unsure of hold on to their own depth less.
+        prior_sigma=DEPTH_PRIOR * np.linalg.norm(raw_pelvis, axis=1)
+        / np.sqrt(np.clip(motion.confidence, 0.05, 1.0)),
         frame_step=_frame_step(motion),
     )
     fps = 1.0 / problem.frame_step
@@ -217,30 +223,28 @@ def refine_motion(
 
     # Foot locks (and the floor): legs only, the root stays where the depth solve put it.
     out_motion = motion.replace(rotmats=rot, transl=transl, coordinate_frame=FRAME_WORLD_Z_UP)
-    posed = out_motion.body_output(body_model)
-    world_points = feet.posed(posed.joint_world_transforms)
+    posed = skeleton(out_motion)
+    world_points = feet.posed(posed)
     if foot_lock > 0 and contacts.any():
         blend = max(1, int(round(BLEND_SECONDS * fps)))
         centres_world = cam_to_world[:, :3, 3] if floor is not None else None
         goals, weights = lock_targets(world_points, contacts, foot_lock, blend, centres_world)
-        rot = solve_legs(rot, posed.joint_world_transforms, feet, goals, weights,
-                         cam_to_world[:, :3, 3])
+        rot = solve_legs(rot, posed, feet, goals, weights, cam_to_world[:, :3, 3])
         out_motion = out_motion.replace(rotmats=rot)
-        posed = out_motion.body_output(body_model)
-        world_points = feet.posed(posed.joint_world_transforms)
+        posed = skeleton(out_motion)
+        world_points = feet.posed(posed)
     if floor is not None:
-        rot = _lift_above_floor(rot, posed.joint_world_transforms, feet, world_points,
-                                cam_to_world[:, :3, 3])
+        rot = _lift_above_floor(rot, posed, feet, world_points, cam_to_world[:, :3, 3])
         out_motion = out_motion.replace(rotmats=rot)
-        posed = out_motion.body_output(body_model)
-        world_points = feet.posed(posed.joint_world_transforms)
+        posed = skeleton(out_motion)
+        world_points = feet.posed(posed)
 
     out_motion = out_motion.replace(
         camera_to_world=cam_to_world, contacts=contacts, contact_confidence=contact_conf,
     )
     raw_world_points = _apply(cam_to_world, raw_points) if n else raw_points
     report = _report(
-        motion=motion, out=out_motion, raw_joints=raw.joints, joints=posed.joints,
+        motion=motion, out=out_motion, raw_joints=raw[..., :3, 3], joints=posed[..., :3, 3],
         world_points=world_points, raw_world_points=raw_world_points, contacts=contacts,
         contact_conf=contact_conf, cam_to_world=cam_to_world, floor=floor, ground=ground,
         foot_lock=foot_lock, track_scale=k if track_centres is not None else None,

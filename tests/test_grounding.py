@@ -42,6 +42,16 @@ def test_foot_points_sit_under_their_joints_at_the_sole(body_model):
     assert np.allclose(feet.posed(out.joint_world_transforms)[0], points, atol=1e-12)
 
 
+def test_posed_skeleton_matches_the_body_model(body_model):
+    rng = np.random.default_rng(5)
+    rot = axis_angle_to_matrix(rng.normal(0, 0.4, (6, NUM_JOINTS, 3)))
+    betas, transl = rng.normal(0, 1, 11), rng.normal(0, 1, (6, 3))
+    full = body_model.forward(rot, betas, transl, return_vertices=False)
+    fast = grounding.posed_skeleton(rot, body_model.rest_joints(betas), body_model.parents,
+                                    transl)
+    assert np.allclose(fast, full.joint_world_transforms[:, :22], atol=1e-12)
+
+
 def test_fit_floor_finds_a_tilted_plane_among_outliers():
     rng = np.random.default_rng(0)
     normal = _unit(np.array([0.1, -0.95, 0.25]))
