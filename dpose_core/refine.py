@@ -158,9 +158,7 @@ def refine_motion(
         pelvis=np.einsum("nab,nb->na", track_rot, raw_pelvis),
         points=np.einsum("nab,npb->npa", track_rot, raw_points),
         centres=track_centres,
-        # Frames the network or tracker was unsure of hold on to their own depth less.
-        prior_sigma=DEPTH_PRIOR * np.linalg.norm(raw_pelvis, axis=1)
-        / np.sqrt(np.clip(motion.confidence, 0.05, 1.0)),
+        prior_sigma=DEPTH_PRIOR * np.linalg.norm(raw_pelvis, axis=1),
         frame_step=_frame_step(motion),
     )
     fps = 1.0 / problem.frame_step
