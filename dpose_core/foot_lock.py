@@ -111,20 +111,26 @@ def _knee_turn_towards_ray(hip, axis, twist_knee, old_knee, camera) -> np.ndarra
 
 def lock_targets(
     points: np.ndarray, contacts: np.ndarray, strength: float, blend_frames: int,
-    camera_centres: np.ndarray | None = None,
+    camera_centres: np.ndarray | None = None, adjacent: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """World targets (N, P, 3) and lock weights (N, P) in [0, strength] for contact points.
 
     Each contact run's target is the mean of its positions, slid along the camera ray from the
     run's middle frame onto the floor (Z = 0), so it stays where the footage shows it. The
     weight is 1 inside the run and fades linearly over `blend_frames` on either side.
-    With camera_centres None the target keeps its mean height (no floor known).
+    With camera_centres None the target keeps its mean height (no floor known). A contact is
+    split where `adjacent` (N-1,) is False (frames missing in between): a foot seen before and
+    after a gap may have stepped.
     """
     n, num_points = contacts.shape
     targets = points.copy()
     weights = np.zeros((n, num_points))
+    gaps = np.zeros(n, bool)
+    if adjacent is not None:
+        gaps[1:] = ~np.asarray(adjacent, bool)
+    segment = np.cumsum(gaps)
     for p in range(num_points):
-        for start, stop in runs(contacts[:, p]):
+        for start, stop in _split(runs(contacts[:, p]), gaps):
             mean = points[start:stop, p].mean(axis=0)
             target = mean.copy()
             if camera_centres is not None:
@@ -136,12 +142,23 @@ def lock_targets(
                         target = c + lam * (mean - c)
                         target[2] = 0.0
             for t in range(max(0, start - blend_frames), min(n, stop + blend_frames)):
+                if segment[t] != segment[start]:
+                    continue  # fades do not reach across missing frames either
                 gap = max(start - t, t - (stop - 1), 0)
                 w = 1.0 - gap / (blend_frames + 1)
                 if w > weights[t, p]:
                     weights[t, p] = w
                     targets[t, p] = target
     return targets, weights * strength
+
+
+def _split(spans: list[tuple[int, int]], gaps: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) spans cut before every frame where gaps is True."""
+    out = []
+    for start, stop in spans:
+        cuts = [start] + [int(t) for t in np.flatnonzero(gaps[start + 1:stop]) + start + 1] + [stop]
+        out += list(zip(cuts[:-1], cuts[1:], strict=True))
+    return out
 
 
 def foot_transform(

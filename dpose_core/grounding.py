@@ -198,14 +198,24 @@ def smooth_in_time(x: np.ndarray, sigma_frames: float) -> np.ndarray:
     return out
 
 
-def point_speeds(points: np.ndarray, fps: float, rays: np.ndarray | None = None) -> np.ndarray:
+def point_speeds(points: np.ndarray, fps: float, rays: np.ndarray | None = None,
+                 adjacent: np.ndarray | None = None) -> np.ndarray:
     """Speed (N, P) in m/s of points (N, P, 3), from central differences of smoothed positions.
 
     A single-image estimate is far surer across the line of sight than along it, so with
     `rays` (N, P, 3, unit directions from the camera) the along-ray part of the motion is
     smoothed over a wider window (sigma 3 frames) than the across part (1 frame); without rays
     everything gets 1.5 frames. Per-frame depth noise would otherwise read as motion.
+    Where `adjacent` (N-1,) is False (missing frames, a cut) each side is measured on its own.
     """
+    if adjacent is not None and not np.all(adjacent):
+        out = np.zeros(points.shape[:2])
+        cuts = np.concatenate([[0], np.flatnonzero(~np.asarray(adjacent, bool)) + 1,
+                               [len(points)]])
+        for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
+            out[start:stop] = point_speeds(points[start:stop], fps,
+                                           None if rays is None else rays[start:stop])
+        return out
     if len(points) < 2:
         return np.zeros(points.shape[:2])
     if rays is None:

@@ -31,6 +31,7 @@ from .skeleton import NUM_PREDICTED_JOINTS, NUM_VERTICES
 GROUND_MODES = ("auto", "none")
 DEPTH_PRIOR = 0.05  # the network's root depth is trusted to this share of the distance (1 sigma)
 BLEND_SECONDS = 0.1  # locks fade in and out over this long
+JUMP_M = 0.15  # a pelvis velocity change across the line of sight this big in one frame is a cut
 _HEIGHT_RANGE_M = (0.5, 2.8)
 # OpenCV camera's up direction (image up = -y): the prior for the floor normal.
 _CAMERA_UP = np.array([0.0, -1.0, 0.0])
@@ -161,6 +162,7 @@ def refine_motion(
         prior_sigma=DEPTH_PRIOR * np.linalg.norm(raw_pelvis, axis=1),
         frame_step=_frame_step(motion),
     )
+    problem.adjacent = np.diff(motion.frame_times()) <= 1.5 * problem.frame_step
     fps = 1.0 / problem.frame_step
     point_rays = problem.points / np.linalg.norm(problem.points, axis=-1, keepdims=True)
     up_prior = _unit(np.einsum("nab,b->a", track_rot, _CAMERA_UP))
@@ -168,6 +170,11 @@ def refine_motion(
     if track_centres is not None:
         k0 = _initial_track_scale(problem, fps)
         scale_prior = (k0, 0.1 * k0)
+    jumps = _jumps(problem, 1.0 if scale_prior is None else scale_prior[0])
+    if jumps.any():
+        problem.adjacent = problem.adjacent & ~jumps
+        notes.append(f"the body jumps across the image between {int(jumps.sum())} pair(s) of "
+                     f"frames; those are treated as cuts")
 
     # Pass 1: smooth depth from the prior alone; then floor, contacts; then two full passes.
     solution = solve_depth(problem, scale_prior=scale_prior)
@@ -178,12 +185,13 @@ def refine_motion(
         points = _working_points(problem, solution)
         if ground == "auto":
             floor = _fit_floor(points, point_rays, up_prior, fps, contacts,
-                               _working_pelvis(problem, solution))
+                               _working_pelvis(problem, solution), problem.adjacent)
             heights = floor.height(points)
         else:
             heights = np.zeros((n, 4))  # no floor: stillness alone decides
-        speeds = grounding.point_speeds(points, fps, point_rays) if n > 1 else None
-        contacts, contact_conf = grounding.detect_contacts(heights, speeds, fps, evidence)
+        speeds = (grounding.point_speeds(points, fps, point_rays, problem.adjacent) if n > 1
+                  else None)  # fmt: skip
+        contacts, contact_conf = grounding.detect_contacts(heights, speeds, fps)
         if n < 2:
             break
         if scale_prior is not None:
@@ -194,10 +202,12 @@ def refine_motion(
         )
         if floor is not None and solution.floor_offset is not None:
             floor = Floor(floor.normal, solution.floor_offset)
+    if evidence is not None:  # what the network saw of the feet: confidence, not geometry
+        contact_conf = grounding.detect_contacts(heights, speeds, fps, evidence)[1]
     points = _working_points(problem, solution)
     if ground == "auto" and n > 1:
         floor = _fit_floor(points, point_rays, up_prior, fps, contacts,
-                               _working_pelvis(problem, solution))
+                               _working_pelvis(problem, solution), problem.adjacent)
         if solution.floor_offset is not None:
             floor = Floor(floor.normal, solution.floor_offset)
 
@@ -226,7 +236,8 @@ def refine_motion(
     if foot_lock > 0 and contacts.any():
         blend = max(1, int(round(BLEND_SECONDS * fps)))
         centres_world = cam_to_world[:, :3, 3] if floor is not None else None
-        goals, weights = lock_targets(world_points, contacts, foot_lock, blend, centres_world)
+        goals, weights = lock_targets(world_points, contacts, foot_lock, blend, centres_world,
+                                      problem.adjacent)
         rot = solve_legs(rot, posed, feet, goals, weights, cam_to_world[:, :3, 3])
         out_motion = out_motion.replace(rotmats=rot)
         posed = skeleton(out_motion)
@@ -242,11 +253,11 @@ def refine_motion(
     )
     raw_world_points = _apply(cam_to_world, raw_points) if n else raw_points
     report = _report(
-        motion=motion, out=out_motion, raw_joints=raw[..., :3, 3], joints=posed[..., :3, 3],
+        motion=motion, raw_joints=raw[..., :3, 3], joints=posed[..., :3, 3],
         world_points=world_points, raw_world_points=raw_world_points, contacts=contacts,
         contact_conf=contact_conf, cam_to_world=cam_to_world, floor=floor, ground=ground,
         foot_lock=foot_lock, track_scale=k if track_centres is not None else None,
-        intrinsics=intrinsics, height=height, notes=notes,
+        intrinsics=intrinsics, height=height, adjacent=problem.adjacent, notes=notes,
     )
     if subject_height is not None:
         notes.append(f"body rescaled from {height_before:.3f} m to {height:.3f} m")
@@ -336,6 +347,27 @@ def _initial_track_scale(problem: DepthProblem, fps: float) -> float:
     return float(candidates[int(np.argmin(costs))])
 
 
+def _jumps(problem: DepthProblem, scale: float) -> np.ndarray:
+    """(N-1,) True between frames where the pelvis leaps across the line of sight.
+
+    Motion across the ray is what the footage shows well, so a sudden change of that velocity
+    (over JUMP_M in one frame, far beyond any body's acceleration) is a cut, a tracker switch
+    or a glitch, not motion: smoothing and locks must not reach across it.
+    """
+    n = len(problem.rays)
+    jumps = np.zeros(max(n - 1, 0), bool)
+    if n < 3:
+        return jumps
+    pelvis = problem.pelvis + (0.0 if problem.centres is None else scale * problem.centres)
+    step = np.diff(pelvis, axis=0)  # (N-1,3)
+    ray = problem.rays[1:]
+    across = step - np.sum(step * ray, axis=1, keepdims=True) * ray
+    neighbours = np.empty_like(across)
+    neighbours[1:-1] = 0.5 * (across[:-2] + across[2:])
+    neighbours[0], neighbours[-1] = across[1], across[-2]
+    return np.linalg.norm(across - neighbours, axis=1) > JUMP_M
+
+
 def _working_points(problem: DepthProblem, solution) -> np.ndarray:
     """Foot points (N,4,3) in the working frame, metric (track scaled by k)."""
     pts = problem.points + solution.slides[:, None, None] * problem.rays[:, None]
@@ -352,7 +384,7 @@ def _working_pelvis(problem: DepthProblem, solution) -> np.ndarray:
 
 
 def _fit_floor(points: np.ndarray, rays: np.ndarray, up_prior: np.ndarray, fps: float,
-               contacts: np.ndarray, pelvis: np.ndarray) -> Floor:
+               contacts: np.ndarray, pelvis: np.ndarray, adjacent: np.ndarray) -> Floor:
     """Floor through contacting points (or, before contacts exist, the still or lowest ones)."""
     n = len(points)
     if n == 1:
@@ -360,7 +392,7 @@ def _fit_floor(points: np.ndarray, rays: np.ndarray, up_prior: np.ndarray, fps: 
     if contacts.sum() >= 6:
         weights = contacts.astype(float)
     else:
-        speeds = grounding.point_speeds(points, fps, rays)
+        speeds = grounding.point_speeds(points, fps, rays, adjacent)
         lo, hi = grounding.CONTACT_SPEED
         weights = np.clip((hi - speeds) / (hi - lo), 0.0, 1.0)
         if (weights > 0.5).sum() < 3:  # nothing is still: the lowest point of each frame
@@ -467,15 +499,15 @@ def _apply(transforms: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.einsum("nab,npb->npa", rot, points) + shift[:, None]
 
 
-def _report(*, motion, out, raw_joints, joints, world_points, raw_world_points, contacts,
+def _report(*, motion, raw_joints, joints, world_points, raw_world_points, contacts,
             contact_conf, cam_to_world, floor, ground, foot_lock, track_scale, intrinsics,
-            height, notes) -> RefineReport:
+            height, adjacent, notes) -> RefineReport:
     n = motion.num_frames
 
     def skate(points):
         s = np.zeros(n)
         if n > 1:
-            both = contacts[1:] & contacts[:-1]
+            both = contacts[1:] & contacts[:-1] & adjacent[:, None]
             step = np.linalg.norm(np.diff(points[..., :2], axis=0), axis=-1) * 1000.0
             count = both.sum(axis=1)
             s[1:] = np.where(count > 0, (step * both).sum(axis=1) / np.maximum(count, 1), 0.0)

@@ -30,7 +30,9 @@ class DepthProblem:
 
     rays (N,3) unit pelvis rays in the working frame (R_t u_t); pelvis (N,3) and points (N,P,3)
     the raw positions R_t p (no track translation); centres (N,3) track camera centres (track
-    units, None for a still camera); prior_sigma (N,) metres; frame_step seconds.
+    units, None for a still camera); prior_sigma (N,) metres; frame_step seconds; adjacent
+    (N-1,) bool, False where frames are missing between two rows (no smoothness or lock rows
+    reach across such a gap), None when every row follows the previous one.
     """
 
     rays: np.ndarray
@@ -39,6 +41,7 @@ class DepthProblem:
     centres: np.ndarray | None
     prior_sigma: np.ndarray
     frame_step: float
+    adjacent: np.ndarray | None = None
 
 
 @dataclass
@@ -51,74 +54,134 @@ class DepthSolution:
 MAX_ACCELERATION = 2.0  # m/s^2: pelvis acceleration treated as one sigma of the smoothness term
 LOCK_SIGMA = 0.01  # metres: how far a locked point may drift between frames (one sigma)
 FLOOR_SIGMA = 0.01  # metres: height of a contacting point above the floor (one sigma)
+_ROBUST_SCALE = 3.0  # Cauchy weights: a residual of 3 sigma counts half, 10 sigma ~1/12
+_ROBUST_PASSES = 8
 
 
 def solve_depth(
     problem: DepthProblem, *, contacts: np.ndarray | None = None,
     contact_weights: np.ndarray | None = None, floor_normal: np.ndarray | None = None,
-    scale_prior: tuple[float, float] | None = None,
+    scale_prior: tuple[float, float] | None = None, robust: bool = True,
 ) -> DepthSolution:
     """Slides, track scale and floor offset minimising the weighted squared residuals.
 
     contacts (N,P) bool pick the lock and floor rows; contact_weights (N,P) scale them;
     floor_normal enables the floor rows (with an unknown offset); scale_prior (k0, sigma) keeps
-    the track scale near k0 when the track's motion says little about it.
+    the track scale near k0 when the track's motion says little about it. robust=False gives
+    the plain least-squares solution (no reweighting of outlying rows).
     """
     n = len(problem.rays)
     moving = problem.centres is not None
-    dense = (["scale"] if moving else []) + (["offset"] if floor_normal is not None else [])
-    system = _System(n, len(dense))
+    has_contacts = contacts is not None and bool(contacts.any())
+    with_floor = floor_normal is not None and has_contacts
+    dense = (["scale"] if moving else []) + (["offset"] if with_floor else [])
     col = {name: i for i, name in enumerate(dense)}
     c = problem.centres if moving else np.zeros((n, 3))
     rays = problem.rays
-
-    # Prior: delta_t ~ 0.
-    system.add(np.arange(n)[:, None], np.ones((n, 1)) / problem.prior_sigma[:, None], None,
-               np.zeros(n))
-    if scale_prior is not None and moving:
-        k0, sk = scale_prior
-        system.add_dense_only(col["scale"], 1.0 / sk, k0 / sk)
+    adjacent = np.ones(max(n - 1, 0), bool) if problem.adjacent is None else problem.adjacent
+    blocks = _Blocks()
+    # The network's own depth: delta_t ~ 0 (robust too: a glitched frame's depth is an outlier).
+    blocks.add(np.arange(n)[:, None], np.ones((n, 1)) / problem.prior_sigma[:, None],
+               _dense_row(n, col), np.zeros(n), blocks.new_groups(n))
 
     # Smoothness: second difference of the pelvis world position, per axis.
     if n >= 3:
         sigma = MAX_ACCELERATION * problem.frame_step**2
-        t = np.arange(1, n - 1)
+        t = np.flatnonzero(adjacent[:-1] & adjacent[1:]) + 1
         frames = np.stack([t - 1, t, t + 1], axis=1)
         coef = np.array([1.0, -2.0, 1.0])
+        groups = blocks.new_groups(len(t))
         for axis in range(3):
             a = coef * rays[frames, axis] / sigma
             known = (coef * problem.pelvis[frames, axis]).sum(1) / sigma
             e = _dense_row(len(t), col, scale=(coef * c[frames, axis]).sum(1) / sigma)
-            system.add(frames, a, e, -known)
+            blocks.add(frames, a, e, -known, groups)
 
-    if contacts is not None and contacts.any():
+    if has_contacts:
         w = np.ones(contacts.shape) if contact_weights is None else contact_weights
         # Locks: a point in contact at t-1 and t stays put.
-        both = contacts[1:] & contacts[:-1]
-        tt, pp = np.nonzero(both)
+        tt, pp = np.nonzero(contacts[1:] & contacts[:-1] & adjacent[:, None])
         tt = tt + 1
         if len(tt):
             frames = np.stack([tt - 1, tt], axis=1)
             weight = np.sqrt(np.minimum(w[tt, pp], w[tt - 1, pp])) / LOCK_SIGMA
+            groups = blocks.new_groups(len(tt), robust=False)
             for axis in range(3):
                 a = np.stack([-rays[tt - 1, axis], rays[tt, axis]], 1) * weight[:, None]
                 known = (problem.points[tt, pp, axis] - problem.points[tt - 1, pp, axis]) * weight
                 e = _dense_row(len(tt), col, scale=(c[tt, axis] - c[tt - 1, axis]) * weight)
-                system.add(frames, a, e, -known)
+                blocks.add(frames, a, e, -known, groups)
         # Floor: normal . (k c + R p + delta u) - offset = 0 for contacting points.
-        if floor_normal is not None:
+        if with_floor:
             tt, pp = np.nonzero(contacts)
             weight = np.sqrt(w[tt, pp]) / FLOOR_SIGMA
             a = (rays[tt] @ floor_normal * weight)[:, None]
             known = problem.points[tt, pp] @ floor_normal * weight
             e = _dense_row(len(tt), col, scale=c[tt] @ floor_normal * weight, offset=-weight)
-            system.add(tt[:, None], a, e, -known)
-    slides, extra = system.solve()
+            blocks.add(tt[:, None], a, e, -known, blocks.new_groups(len(tt), robust=False))
+
+    # Iteratively reweighted (Cauchy) prior and smoothness rows: a glitched frame loses its
+    # weight instead of bending its neighbours towards it. Locks and floor rows stay plain:
+    # they carry the scale and the floor, and contact detection already vetted them.
+    weights = np.ones(blocks.count)
+    robust_rows = blocks.robust_mask()
+    for _ in range(_ROBUST_PASSES if robust else 1):
+        system = _System(n, len(dense))
+        if scale_prior is not None and moving:
+            k0, sk = scale_prior
+            system.add_dense_only(col["scale"], 1.0 / sk, k0 / sk)
+        blocks.into(system, weights)
+        slides, extra = system.solve()
+        norms = blocks.residual_norms(slides, extra)
+        new = np.where(robust_rows, 1.0 / (1.0 + (norms / _ROBUST_SCALE) ** 2), 1.0)
+        if np.allclose(new, weights, atol=1e-3):
+            break
+        weights = new
     return DepthSolution(
         slides=slides,
         scale=float(extra[col["scale"]]) if moving else 1.0,
         floor_offset=float(extra[col["offset"]]) if "offset" in col else None,
     )
+
+
+class _Blocks:
+    """Rows of the least-squares terms in groups (one group = one residual, 1-D or 3-D);
+    robust groups may be reweighted, the others keep weight 1."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray,
+                               np.ndarray]] = []  # fmt: skip
+        self.robust: list[np.ndarray] = []
+
+    @property
+    def count(self) -> int:
+        return sum(len(r) for r in self.robust)
+
+    def new_groups(self, rows: int, robust: bool = True) -> np.ndarray:
+        ids = np.arange(self.count, self.count + rows)
+        self.robust.append(np.full(rows, robust))
+        return ids
+
+    def robust_mask(self) -> np.ndarray:
+        return np.concatenate(self.robust) if self.robust else np.zeros(0, bool)
+
+    def add(self, frames, a, e, b, groups) -> None:
+        self.items.append((frames, a, e, b, groups))
+
+    def into(self, system: _System, weights: np.ndarray) -> None:
+        for frames, a, e, b, groups in self.items:
+            root = np.sqrt(weights[groups])
+            system.add(frames, a * root[:, None], None if e is None else e * root[:, None],
+                       b * root)
+
+    def residual_norms(self, slides: np.ndarray, extra: np.ndarray) -> np.ndarray:
+        squares = np.zeros(self.count)
+        for frames, a, e, b, groups in self.items:
+            r = (a * slides[frames]).sum(axis=1) - b
+            if e is not None:
+                r = r + e @ extra
+            np.add.at(squares, groups, r * r)
+        return np.sqrt(squares)
 
 
 def _dense_row(rows: int, col: dict[str, int], **values) -> np.ndarray | None:
@@ -170,6 +233,7 @@ class _System:
         if self.cross.shape[1] == 0:
             return sol[:, 0], np.zeros(0)
         schur = self.dense - self.cross.T @ sol[:, 1:]
+        schur += np.eye(len(schur)) * 1e-12 * max(1.0, float(np.abs(schur).max()))
         extra = np.linalg.solve(schur, self.rhs_dense - self.cross.T @ sol[:, 0])
         return sol[:, 0] - sol[:, 1:] @ extra, extra
 

@@ -173,7 +173,7 @@ def test_depth_solve_matches_dense_least_squares():
     weights = rng.uniform(0.2, 1.0, (n, num_points))
     normal = _unit(np.array([0.0, -1.0, 0.2]))
     sol = solve_depth(problem, contacts=contacts, contact_weights=weights, floor_normal=normal,
-                      scale_prior=(2.0, 0.5))
+                      scale_prior=(2.0, 0.5), robust=False)
 
     def residuals(x):
         slides, k, d = x[:n], x[n], x[n + 1]
@@ -194,6 +194,25 @@ def test_depth_solve_matches_dense_least_squares():
     assert np.allclose(sol.slides, dense[:n], atol=1e-6)
     assert sol.scale == pytest.approx(dense[n], abs=1e-8)
     assert sol.floor_offset == pytest.approx(dense[n + 1], abs=1e-6)
+
+
+def test_depth_solve_shrugs_off_a_glitch():
+    """One frame 40 % too far: least squares bends its neighbours, the robust solve does not."""
+    n = 60
+    t = np.arange(n) / 30
+    pelvis = np.stack([0.8 * t - 0.4, 0.1 + 0 * t, 4.0 + 0.3 * t], axis=1)  # straight walk
+    rays = _unit(pelvis)
+    raw = pelvis.copy()
+    raw[30] *= 1.4
+    problem = DepthProblem(rays, raw, raw[:, None], None, 0.05 * np.linalg.norm(raw, axis=1),
+                           1 / 30)
+    truth = np.linalg.norm(pelvis, axis=1) - np.linalg.norm(raw, axis=1)
+    plain = solve_depth(problem, robust=False).slides - truth
+    robust = solve_depth(problem).slides - truth
+    near = np.r_[25:30, 31:36]
+    assert np.abs(robust[near]).max() < 0.01
+    assert np.abs(plain[near]).max() > 3 * np.abs(robust[near]).max()
+    assert abs(robust[30]) < 0.05  # the glitch itself is pulled back onto the walk
 
 
 def test_motion_file_keeps_world_camera_and_contacts(tmp_path):
