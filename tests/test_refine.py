@@ -69,6 +69,8 @@ def test_still_camera_walk_is_grounded_and_locked(body_model, walk):
     skate_after = np.linalg.norm(np.diff(points, axis=0), axis=-1)[both].mean() * 1000
     print(f"\nfoot skate during true contacts: {skate_before:.1f} -> {skate_after:.1f} mm/frame "
           f"({skate_before / skate_after:.0f}x)")
+    print(f"penetration {max(-points[..., 2].min(), 0) * 100:.2f} cm, float during true contacts "
+          f"{points[..., 2][contacts].max() * 100:.2f} cm max")
     assert skate_before / skate_after >= 5.0
     assert refined.coordinate_frame == "world_z_up"
     assert -points[..., 2].min() <= 0.01  # penetration
