@@ -3,9 +3,11 @@
 Each leg is a two-bone chain (hip -> knee -> ankle) solved analytically: bend the knee about
 its own hinge until the hip-ankle distance is right, swing the leg onto the target, then twist
 it about the hip-target axis so the knee stays in the plane it was in (the plane through the
-hip, the target and the knee's old direction). The foot moves rigidly with its heel and toe
-targets. Locks fade in and out over a few frames. Everything is vectorised over frames and
-works in a Z-up world with the floor at Z = 0 (see docs/grounding.md).
+hip, the target and the knee's old direction); given the camera, the knee then turns (within
++-60 deg) to stay on its own camera ray, so the image of the leg barely changes. The foot
+moves rigidly with its heel and toe targets. Locks fade in and out over a few frames.
+Everything is vectorised over frames and works in a Z-up world with the floor at Z = 0
+(see docs/grounding.md).
 """
 
 from __future__ import annotations

@@ -360,3 +360,28 @@ def test_failed_write_keeps_the_old_output(tmp_path, body_model_npz, walk, monke
     assert "No space left" in _error_line(excinfo)
     assert dst.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz", "out.npz"]
+
+
+@pytest.mark.blender
+def test_blender_camera_from_camera_to_world_keeps_the_overlay(body_model, walk):
+    """A Blender camera placed at camera_to_world @ diag(1,-1,-1,1) sees the refined world
+    body where the OpenCV camera does (what docs/grounding.md tells the scene builder)."""
+    import bpy
+    import mathutils
+
+    from tests.blender_support import import_blender_module
+
+    scene_camera = import_blender_module("scene_camera")
+    refined = walk[3]
+    out, points = _posed(body_model, refined)
+    world = np.concatenate([out.joints[:, :22], points], axis=1)
+    expected = _project(_to_camera(refined.camera_to_world, world))
+    scene = bpy.context.scene
+    cam = scene_camera.ensure_camera(scene, image_size=tuple(int(v) for v in sw.IMAGE_SIZE),
+                                     focal_px=sw.FOCAL)
+    for t in (0, 35, refined.num_frames - 1):
+        pose = refined.camera_to_world[t] @ np.diag([1.0, -1.0, -1.0, 1.0])
+        cam.matrix_world = mathutils.Matrix(pose.tolist())
+        bpy.context.view_layer.update()
+        got = scene_camera.project_to_pixels(scene, cam, world[t])
+        assert np.abs(got - expected[t]).max() < 0.5
