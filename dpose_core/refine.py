@@ -202,6 +202,9 @@ def refine_motion(
         )
         if floor is not None and solution.floor_offset is not None:
             floor = Floor(floor.normal, solution.floor_offset)
+    if not contacts.any():
+        floor_note = "; the floor lies under the lowest foot points" if ground == "auto" else ""
+        notes.append(f"no foot contacts were found: nothing is locked{floor_note}")
     if evidence is not None:  # what the network saw of the feet: confidence, not geometry
         contact_conf = grounding.detect_contacts(heights, speeds, fps, evidence)[1]
     points = _working_points(problem, solution)
@@ -610,7 +613,10 @@ def _check_surface_model(path: Path) -> None:
     with np.load(path, allow_pickle=False) as npz:
         if "surface_model_type" not in npz.files:
             return
-        kind = str(np.asarray(npz["surface_model_type"]).reshape(-1)[0]).strip().lower()
+        kind = np.asarray(npz["surface_model_type"]).reshape(-1)[0]
+    if isinstance(kind, bytes | np.bytes_):
+        kind = kind.decode("utf-8", errors="replace")
+    kind = str(kind).strip().lower()
     if kind != "smplx":
         raise BodyModelError(f"{path.name} is {kind} motion; refine works on SMPL-X motion and "
                              f"the SMPL-X body model.")  # fmt: skip

@@ -7,7 +7,7 @@ metres; the pelvis stays where the footage shows it), and one linear least-squar
 picks all slides at once from:
 
 - a prior: the network's own depth (sigma = a few per cent of the distance);
-- smoothness: small pelvis acceleration in the world;
+- smoothness: small acceleration of the pelvis' distance along its ray;
 - locks: a contacting heel/toe does not move between consecutive contact frames;
 - the floor: a contacting point lies on the plane normal . x = offset (offset unknown).
 
@@ -51,7 +51,7 @@ class DepthSolution:
     floor_offset: float | None
 
 
-MAX_ACCELERATION = 2.0  # m/s^2: pelvis acceleration treated as one sigma of the smoothness term
+MAX_ACCELERATION = 2.0  # m/s^2: acceleration along the line of sight, one sigma of smoothness
 LOCK_SIGMA = 0.01  # metres: how far a locked point may drift between frames (one sigma)
 FLOOR_SIGMA = 0.01  # metres: height of a contacting point above the floor (one sigma)
 _ROBUST_SCALE = 3.0  # Cauchy weights: a residual of 3 sigma counts half, 10 sigma ~1/12
@@ -84,18 +84,18 @@ def solve_depth(
     blocks.add(np.arange(n)[:, None], np.ones((n, 1)) / problem.prior_sigma[:, None],
                _dense_row(n, col), np.zeros(n), blocks.new_groups(n))
 
-    # Smoothness: second difference of the pelvis world position, per axis.
+    # Smoothness: second difference of the pelvis' distance along its ray. (Not of its 3-D
+    # position: that would reward shrinking the whole scene towards the camera, where every
+    # sideways acceleration gets smaller.)
     if n >= 3:
         sigma = MAX_ACCELERATION * problem.frame_step**2
         t = np.flatnonzero(adjacent[:-1] & adjacent[1:]) + 1
         frames = np.stack([t - 1, t, t + 1], axis=1)
         coef = np.array([1.0, -2.0, 1.0])
-        groups = blocks.new_groups(len(t))
-        for axis in range(3):
-            a = coef * rays[frames, axis] / sigma
-            known = (coef * problem.pelvis[frames, axis]).sum(1) / sigma
-            e = _dense_row(len(t), col, scale=(coef * c[frames, axis]).sum(1) / sigma)
-            blocks.add(frames, a, e, -known, groups)
+        distance = np.linalg.norm(problem.pelvis, axis=1)
+        known = (coef * distance[frames]).sum(1) / sigma
+        blocks.add(frames, np.broadcast_to(coef / sigma, frames.shape), _dense_row(len(t), col),
+                   -known, blocks.new_groups(len(t)))
 
     if has_contacts:
         w = np.ones(contacts.shape) if contact_weights is None else contact_weights

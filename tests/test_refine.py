@@ -285,6 +285,23 @@ def test_refine_file_round_trip(tmp_path, body_model_npz, walk):
         "skate_mm_per_frame_before"]
 
 
+def test_refine_file_reads_the_model_type_however_stored(tmp_path, body_model_npz, walk):
+    arrays = motion_to_arrays(walk[2])
+    arrays["surface_model_type"] = np.array(b"SMPLX")
+    np.savez(tmp_path / "in.npz", **arrays)
+    report = refine_file(tmp_path / "in.npz", tmp_path / "out.npz", body_model=body_model_npz,
+                         foot_lock=0.0)
+    assert report.frames == walk[2].num_frames
+
+
+def test_no_contacts_is_said(body_model, walk):
+    jumping = walk[2].copy()
+    jumping.transl[:, 1] -= 0.5 * np.sin(np.arange(jumping.num_frames) / 3) ** 2  # never still
+    _, report = refine_motion(jumping, body_model, ground="none")
+    assert not report.contacts.any()
+    assert "no foot contacts" in " ".join(report.notes)
+
+
 def _error_line(excinfo) -> str:
     message = str(excinfo.value)
     assert "\n" not in message and message
