@@ -31,6 +31,7 @@ from .skeleton import NUM_PREDICTED_JOINTS, NUM_VERTICES
 GROUND_MODES = ("auto", "none")
 DEPTH_PRIOR = 0.05  # the network's root depth is trusted to this share of the distance (1 sigma)
 BLEND_SECONDS = 0.1  # locks fade in and out over this long
+MAX_SLIDE = 0.3  # no frame moves further along its ray than this share of its distance
 JUMP_M = 0.15  # a pelvis velocity change across the line of sight this big in one frame is a cut
 _HEIGHT_RANGE_M = (0.5, 2.8)
 # OpenCV camera's up direction (image up = -y): the prior for the floor normal.
@@ -202,6 +203,11 @@ def refine_motion(
         )
         if floor is not None and solution.floor_offset is not None:
             floor = Floor(floor.normal, solution.floor_offset)
+    limit = MAX_SLIDE * np.linalg.norm(raw_pelvis, axis=1)
+    if np.any(np.abs(solution.slides) > limit):  # a safety net: never behind the camera
+        notes.append(f"the depth of {int((np.abs(solution.slides) > limit).sum())} frame(s) "
+                     f"was held to within {MAX_SLIDE:.0%} of the network's")
+        solution.slides = np.clip(solution.slides, -limit, limit)
     if not contacts.any():
         floor_note = "; the floor lies under the lowest foot points" if ground == "auto" else ""
         notes.append(f"no foot contacts were found: nothing is locked{floor_note}")

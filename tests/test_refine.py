@@ -294,6 +294,28 @@ def test_refine_file_reads_the_model_type_however_stored(tmp_path, body_model_np
     assert report.frames == walk[2].num_frames
 
 
+def test_depth_never_runs_off(body_model, walk, monkeypatch):
+    """Whatever the solve says, no frame slides more than 30 % of its distance (so never
+    behind the camera), and the report says so."""
+    import dpose_core.refine as refine_module
+
+    real = refine_module.solve_depth
+
+    def wild(problem, **kwargs):
+        solution = real(problem, **kwargs)
+        solution.slides[10] = -10.0
+        return solution
+
+    monkeypatch.setattr(refine_module, "solve_depth", wild)
+    raw = walk[2]
+    refined, report = refine_motion(raw, body_model)
+    pelvis = _to_camera(refined.camera_to_world, (refined.transl + body_model.rest_joints(
+        BETAS)[0])[:, None])[:, 0]
+    distance = np.linalg.norm(raw.transl + body_model.rest_joints(BETAS)[0], axis=1)
+    assert np.linalg.norm(pelvis[10]) == pytest.approx(0.7 * distance[10])
+    assert "held to within 30%" in " ".join(report.notes)
+
+
 def test_no_contacts_is_said(body_model, walk):
     jumping = walk[2].copy()
     jumping.transl[:, 1] -= 0.5 * np.sin(np.arange(jumping.num_frames) / 3) ** 2  # never still
