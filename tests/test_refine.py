@@ -122,6 +122,7 @@ def test_still_camera_walk_keeps_the_image(body_model, walk):
     assert moved.mean() <= 2.0
     assert overlay_new < overlay_raw
     assert np.allclose(report.reprojection_px, with_slide.mean(axis=1), atol=1e-6)
+    assert np.allclose(report.reprojection_beyond_slide_px, moved.mean(axis=1), atol=1e-6)
     # The upper body is not touched by the locks: only the slide moves it.
     assert np.abs(moved[:, [0, 3, 6, 9, 12, 15, 16, 17, 20, 21]]).max() < 1e-6
 
