@@ -115,8 +115,10 @@ class Motion:
         self.coordinate_frame = str(self.coordinate_frame)
         if not all(np.all(np.isfinite(a)) for a in (self.rotmats, self.transl, self.betas)):
             raise ValueError("rotmats, transl and betas must be finite (no NaN/inf)")
-        if self.camera_to_world is not None and not np.all(np.isfinite(self.camera_to_world)):
-            raise ValueError("camera_to_world must be finite (no NaN/inf)")
+        for name in ("camera_to_world", "contact_confidence"):
+            value = getattr(self, name)
+            if value is not None and not np.all(np.isfinite(value)):
+                raise ValueError(f"{name} must be finite (no NaN/inf)")
 
     # ------------------------------------------------------------------ construction
     @classmethod
