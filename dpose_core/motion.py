@@ -45,6 +45,9 @@ class Motion:
     boxes (N,4) xyxy px; focal_px (N,2); principal_point (N,2); image_size (2,) (w, h);
     flags (N,) uint8 bitmask of FLAG_*; part_iou (N,23) and silhouette_iou (N,) how well
     each frame's body agrees with the network's part map (part_agreement; NaN = not scored).
+    After `refine` (world_z_up): camera_to_world (N,4,4) OpenCV camera axes to world;
+    contacts (N,4) bool and contact_confidence (N,4) in [0,1] for left heel, left toe, right
+    heel, right toe (grounding.FOOT_POINT_NAMES).
     """
 
     rotmats: np.ndarray
@@ -62,6 +65,9 @@ class Motion:
     coordinate_frame: str = FRAME_OPENCV_CAMERA
     part_iou: np.ndarray | None = None
     silhouette_iou: np.ndarray | None = None
+    camera_to_world: np.ndarray | None = None
+    contacts: np.ndarray | None = None
+    contact_confidence: np.ndarray | None = None
     # (rotmats it belongs to, axis-angle): keeps axis-angle read from a file bit-exact on save.
     _axis_angle_cache: tuple[np.ndarray, np.ndarray] | None = field(
         default=None, repr=False, compare=False
@@ -107,10 +113,21 @@ class Motion:
             self.part_iou = _shaped(self.part_iou, (n, NUM_PART_CLASSES), "part_iou")
         if self.silhouette_iou is not None:
             self.silhouette_iou = _shaped(self.silhouette_iou, (n,), "silhouette_iou")
+        if self.camera_to_world is not None:
+            self.camera_to_world = _shaped(self.camera_to_world, (n, 4, 4), "camera_to_world")
+        if self.contacts is not None:
+            self.contacts = _shaped(self.contacts, (n, 4), "contacts", bool)
+        if self.contact_confidence is not None:
+            self.contact_confidence = _shaped(self.contact_confidence, (n, 4),
+                                              "contact_confidence")
         self.gender = str(self.gender)
         self.coordinate_frame = str(self.coordinate_frame)
         if not all(np.all(np.isfinite(a)) for a in (self.rotmats, self.transl, self.betas)):
             raise ValueError("rotmats, transl and betas must be finite (no NaN/inf)")
+        for name in ("camera_to_world", "contact_confidence"):
+            value = getattr(self, name)
+            if value is not None and not np.all(np.isfinite(value)):
+                raise ValueError(f"{name} must be finite (no NaN/inf)")
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -10,7 +10,9 @@ Written keys (N frames):
     dpose_boxes (N,4) xyxy px, dpose_focal_px (N,2), dpose_principal_point (N,2),
     dpose_image_size (2,) (w, h), dpose_source_fps (the footage's rate: frame_indices / it =
     seconds), dpose_coordinate_frame, dpose_format_version;
-    when scored: dpose_part_iou (N,23) and dpose_silhouette_iou (N,) (NaN = frame not scored).
+    when scored: dpose_part_iou (N,23) and dpose_silhouette_iou (N,) (NaN = frame not scored);
+    after `refine` also dpose_camera_to_world (N,4,4), dpose_contacts (N,4) bool and
+    dpose_contact_confidence (N,4).
 
 Frames: our root_orient and trans are in the OpenCV camera frame of the footage (x right,
 y down, z forward; dpose_coordinate_frame = "opencv_camera"). AMASS files are in a Z-up world
@@ -48,7 +50,8 @@ _SPLIT = (
     ("pose_hand", 25, 30),
 )  # fmt: skip
 _EXTRAS = ("confidence", "frame_indices", "flags", "boxes", "focal_px", "principal_point",
-           "image_size", "part_iou", "silhouette_iou")  # fmt: skip
+           "image_size", "part_iou", "silhouette_iou", "camera_to_world", "contacts",
+           "contact_confidence")  # fmt: skip
 
 
 def motion_to_arrays(motion: Motion) -> dict[str, np.ndarray]:
