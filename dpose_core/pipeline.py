@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -54,12 +54,13 @@ from .errors import (
     NonFiniteOutputError,
     NoPersonError,
 )
-from .frames import DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from .estimator import DEFAULT_MAX_BATCH
+from .frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from .sequence import DEFAULT_LOW_CONFIDENCE, DEFAULT_MAX_GAP, MIN_TRACK_FRAMES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH = 8  # crops per network batch
+DEFAULT_BATCH = DEFAULT_MAX_BATCH  # crops per network batch
 DEFAULT_SMOOTH = 1.0  # One-Euro strength: 0 off, 1 default, 2 twice as smooth
 NOBODY_WARNING_FRAMES = 100  # say at once when nobody has been found in this many frames
 FOV_RANGE_DEG = (1.0, 179.0)
@@ -94,7 +95,7 @@ class RunOptions:
     (a box may reach outside the image; a video takes one). focal_px or fov_deg (degrees
     across the longer side) set the camera; default: focal = image diagonal. smooth: 0 off,
     1 default, 2 twice as smooth. start/end/stride: source frame numbers, end exclusive.
-    fps: override the video's rate; image folders default to DEFAULT_FOLDER_FPS.
+    fps: override the video's rate; image folders default to frames.DEFAULT_FOLDER_FPS.
     chunk_overlap: solve a farm chunk, frames [start, end) plus this many before start, into
     raw solves (VideoResult.chunk) for `merge_video`. strict: adapters fail the run when any
     frame was skipped or interpolated (VideoResult.problem_frames).
@@ -121,8 +122,9 @@ class RunOptions:
     max_gap: int = DEFAULT_MAX_GAP
     chunk_overlap: int | None = None
     strict: bool = False
-    _valid: bool = field(default=False, init=False, repr=False, compare=False)
-    _loaded_body_model: Any = field(default=None, init=False, repr=False, compare=False)
+    # Run state, not options (so dataclasses.asdict leaves them out): set by validate().
+    _valid: ClassVar[bool] = False
+    _loaded_body_model: ClassVar[Any] = None
 
     def __setattr__(self, name: str, value) -> None:
         if not name.startswith("_"):  # any change needs validating again
@@ -180,6 +182,15 @@ class RunOptions:
         if not (np.isfinite(self.smooth) and self.smooth >= 0):
             raise DPoseError(f"--smooth must be 0 (off) or more (1 default, 2 twice as "
                              f"smooth), got {self.smooth}.")
+        if not video:
+            given = [name for name, value, default in (
+                ("--start", self.start, 0), ("--end", self.end, None),
+                ("--stride", self.stride, 1), ("--smooth", self.smooth, DEFAULT_SMOOTH))
+                if value != default]
+            if given:
+                verb = "applies" if len(given) == 1 else "apply"
+                raise DPoseError(f"{', '.join(given)} {verb} to a video or an image folder, "
+                                 "not to image files.")
         if not 0.0 <= self.low_confidence <= 1.0:
             raise DPoseError(f"low_confidence must be between 0 and 1, got "
                              f"{self.low_confidence}.")
@@ -653,7 +664,7 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
     chunked = options.chunk_overlap is not None
     solve_start = max(0, options.start - options.chunk_overlap) if chunked else options.start
     frames = open_frames(path, start=solve_start, end=options.end, stride=options.stride,
-                         fps=options.fps or (DEFAULT_FOLDER_FPS if path.is_dir() else None))
+                         fps=options.fps)  # image folders: DEFAULT_FOLDER_FPS
     user_boxes = options.boxes
     focal = options.focal_px
     if options.fov_deg is not None or len(user_boxes):

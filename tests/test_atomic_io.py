@@ -135,3 +135,19 @@ def test_cli_on_a_full_disk_exits_2_and_keeps_the_old_output(small_disk, checkpo
     assert lines[-1].startswith("dpose: error: Cannot write") and "No space left" in lines[-1]
     assert "Traceback" not in done.stderr
     assert target.read_bytes() == OLD and os.listdir(small_disk) == ["out.npz"]
+
+
+def test_convert_on_a_full_disk_keeps_the_old_model(small_disk, checkpoint_path, capsys):
+    """`dpose convert` writes ~260 MB of weights: on a full disk the old weights.bin and
+    model.onnx stay byte for byte and nothing else is left behind."""
+    from dpose_core.cli import main
+
+    (small_disk / "weights.bin").write_bytes(OLD)
+    (small_disk / "model.onnx").write_bytes(OLD[:20])
+    assert main(["convert", str(checkpoint_path), "-o", str(small_disk / "model.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dpose: error: Cannot write") and "No space left" in err
+    assert len(err.strip().splitlines()) == 1
+    assert (small_disk / "weights.bin").read_bytes() == OLD
+    assert (small_disk / "model.onnx").read_bytes() == OLD[:20]
+    assert sorted(os.listdir(small_disk)) == ["model.onnx", "weights.bin"]

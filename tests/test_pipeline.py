@@ -107,8 +107,10 @@ def folder(tmp_path):
     ({"stride": 0}, "--stride"),
     ({"start": -2}, "--start"),
     ({"start": 4, "end": 4}, "--end (4) must be a frame number after --start (4)"),
+    ({"start": 4}, "--start applies to a video or an image folder, not to image files"),
     ({"device": "tpu"}, "--device must be one of"),
     ({"inputs": []}, "No input given"),
+    ({"stride": 2, "smooth": 0.0}, "--stride, --smooth apply to a video or an image folder"),
 ])
 def test_bad_options_are_refused_with_one_line(photos, change, message):
     options = RunOptions(**{"inputs": photos, **change})
@@ -378,3 +380,18 @@ def test_person_largest_keeps_the_biggest_track(tmp_path):
              for t, m in estimate_video(RunOptions(inputs=[clip]), estimator=net,
                                         finder=SegmentationFinder(net)).tracks.items()}
     assert track == max(areas, key=areas.get)
+
+
+def test_cancel_returns_the_frames_done_and_progress_counts_them(folder):
+    cancel = threading.Event()
+    ticks = []
+
+    def progress(done, total):
+        ticks.append((done, total))
+        if done == 2:
+            cancel.set()
+
+    result = estimate_video(RunOptions(inputs=[folder], bbox=(0, 0, 20, 20), smooth=0.0),
+                            estimator=BoxNetwork(), progress=progress, cancel=cancel)
+    assert result.cancelled and result.frames_processed == 2 and ticks == [(1, 3), (2, 3)]
+    np.testing.assert_array_equal(result.tracks[0].frame_indices, [0, 1])
