@@ -53,6 +53,8 @@ class ChunkSolve:
     fps: float
     image_size: np.ndarray  # (2,) w, h
     provenance: dict  # checkpoint, solve options, input identity: must agree across chunks
+    source: str = ""  # the footage's path on the solving machine (for the merged scene)
+    source_kind: str = "video"  # "video" or "folder"
     tracks: list[RawTrack] = field(default_factory=list)
     failures: list[tuple[int, str]] = field(default_factory=list)  # (source frame, message)
 
@@ -91,6 +93,7 @@ def write_chunk(path: str | os.PathLike, chunk: ChunkSolve) -> Path:
         "image_size": np.asarray(chunk.image_size, np.float64),
         "provenance": np.array(json.dumps(chunk.provenance, sort_keys=True)),
         "failures": np.array(json.dumps(chunk.failures)),
+        "source": np.array(json.dumps([chunk.source, chunk.source_kind])),
         "num_tracks": np.array(len(chunk.tracks), np.int64),
     }
     for k, track in enumerate(chunk.tracks):
@@ -118,6 +121,7 @@ def read_chunk(path: str | os.PathLike) -> ChunkSolve:
                 raise ChunkError(f"{path} is not a D-PoSE chunk file (write chunks with "
                                  "dpose estimate ... --chunk-overlap K -o chunk.npz).")
             own = data["own_range"]
+            source, source_kind = json.loads(str(data["source"]))
             tracks = []
             for k in range(int(data["num_tracks"])):
                 tracks.append(RawTrack(**{
@@ -126,7 +130,8 @@ def read_chunk(path: str | os.PathLike) -> ChunkSolve:
             return ChunkSolve(
                 own_start=int(own[0]), own_end=int(own[1]), frames=data["frames"].astype(np.int64),
                 fps=float(data["fps"]), image_size=data["image_size"].astype(np.float64),
-                provenance=json.loads(str(data["provenance"])),
+                provenance=json.loads(str(data["provenance"])), source=source,
+                source_kind=source_kind,
                 failures=[(int(f), str(m)) for f, m in json.loads(str(data["failures"]))],
                 tracks=tracks)
     except ChunkError:
@@ -146,6 +151,8 @@ class MergedSolve:
     fps: float
     image_size: np.ndarray
     provenance: dict
+    source: str
+    source_kind: str
     tracks: list[RawTrack]
     failures: list[tuple[int, str]]
     gaps: list[tuple[int, int]]  # [start, end) source frame ranges no chunk solved
@@ -194,7 +201,8 @@ def merge_chunks(chunks: list[ChunkSolve], *, frames: tuple[int, int] | None = N
     all_frames = np.unique(np.concatenate(shot_frames))
     first = chunks[0]
     return MergedSolve(frames=all_frames, fps=first.fps, image_size=first.image_size,
-                       provenance=first.provenance,
+                       provenance=first.provenance, source=first.source,
+                       source_kind=first.source_kind,
                        tracks=[RawTrack.concatenate(p) for p in merged],
                        failures=sorted(failures), gaps=gaps)
 

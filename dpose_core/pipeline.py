@@ -761,24 +761,41 @@ def _chunk_of(seq, options: RunOptions, frames, net):
         fps=frames.fps,
         image_size=np.zeros(2) if seq.image_size is None else np.asarray(seq.image_size),
         provenance=json.loads(json.dumps(provenance)),
+        source=str(Path(options.inputs[0]).resolve()), source_kind=frames.kind,
         tracks=[seq.raw_tracks[tid] for tid in sorted(seq.raw_tracks)],
         failures=[(int(f.index), f.message) for f in seq.failures])
 
 
+def open_body_model(options: RunOptions):
+    """The SMPL-X body model alone (the options' file, else the checkpoint's own buffers),
+    for work that builds rigs without running the network (a farm merge)."""
+    from .body_model import BODY_MODEL_PREFIX, BodyModel
+    from .checkpoint import load_checkpoint_arrays, resolve_checkpoint
+
+    if options.body_model is not None:
+        return BodyModel.load(options.body_model)
+    arrays = load_checkpoint_arrays(resolve_checkpoint(options.checkpoint),
+                                    only=BODY_MODEL_PREFIX)
+    return BodyModel.from_arrays(arrays, prefix=BODY_MODEL_PREFIX)
+
+
 def merge_video(chunk_paths: Sequence[str | os.PathLike], options: RunOptions, *,
                 frames: tuple[int, int] | None = None, allow_gaps: bool = False,
+                outputs: Sequence[str | os.PathLike] = (),
                 warn: Warn | None = None) -> VideoResult:
     """One shot from farm chunk files: tracks matched at the seams, then smoothing, gap
     filling and one body shape per person run once over the whole shot, exactly as in a
     single run (sequence.build_motions). options: smooth, person, low_confidence (the
     solve options come from the chunks). frames: (first, last) source frames the chunks must
-    cover. Raises ChunkError (one line) for mixed runs, overlaps and, unless allow_gaps,
-    missing chunks; NoPersonError when nobody was found in the whole shot.
+    cover. outputs: the files the caller will write, refused when one is a chunk. Raises
+    ChunkError (one line) for mixed runs, overlaps and, unless allow_gaps, missing chunks;
+    NoPersonError when nobody was found in the whole shot.
     """
     from .chunks import merge_chunks, read_chunk
     from .sequence import FrameFailure, build_motions
 
     paths = [Path(p) for p in chunk_paths]
+    _check_outputs(paths, [Path(p) for p in outputs], video=False)
     merged = merge_chunks([read_chunk(p) for p in paths], frames=frames,
                           allow_gaps=allow_gaps, names=[p.name for p in paths])
     for a, b in merged.gaps:
@@ -798,8 +815,8 @@ def merge_video(chunk_paths: Sequence[str | os.PathLike], options: RunOptions, *
         tracks=tracks, tracker_ids=ids, track_lengths=lengths,
         failures=[FrameFailure(f, m) for f, m in merged.failures], maps={},
         frames_processed=len(merged.frames), frames_total=len(merged.frames), cancelled=False,
-        fps=merged.fps, stride=int(solve.get("stride") or 1), source=paths[0].parent,
-        source_kind="chunks", gaps=merged.gaps, backend=str(solve.get("backend", "")))
+        fps=merged.fps, stride=int(solve.get("stride") or 1), source=Path(merged.source),
+        source_kind=merged.source_kind, gaps=merged.gaps, backend=str(solve.get("backend", "")))
     if not tracks:
         raise NoPersonError(f"Nobody was found in the {len(merged.frames)} frames of the "
                             f"{len(paths)} chunks; {BBOX_HINT} when solving them.")
