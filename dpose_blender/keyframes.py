@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
-from ..dpose_core.coords import frame_to_blender
 from ..dpose_core.errors import MotionFileError
 from ..dpose_core.motion import FLAG_INTERPOLATED, FLAG_LOW_CONFIDENCE, Motion
+from ..dpose_core.rig_frames import RigFrame
 from ..dpose_core.rotations import make_quaternions_continuous
 from ..dpose_core.skeleton import JOINT_NAMES, NUM_JOINTS
 from . import anim_compat
-from .rig import ROOT_BONE, RigFrame
+from .rig import ROOT_BONE, rig_frame
 
 PROP_CONFIDENCE = "dpose_confidence"
 PROP_FLAGS = "dpose_flags"
@@ -104,8 +104,8 @@ def write_motion_keys(
     frame range follow the motion.
     """
     scene = scene or bpy.context.scene
-    rig = RigFrame.from_armature(armature)
-    rotmats, transl = _in_rig_frame(rig, motion)
+    rig = rig_frame(armature)
+    rotmats, transl = rig.motion_in_rig_frame(motion)
     frames = (frame_offset + motion.frame_indices).astype(np.float64)
     low = motion.confidence < confidence_threshold
     low |= (motion.flags & FLAG_LOW_CONFIDENCE) != 0
@@ -151,7 +151,7 @@ def key_pose(
     full[0, : rot.shape[0]] = rot
     if frame is None:
         frame = bpy.context.scene.frame_current
-    rig = RigFrame.from_armature(armature)
+    rig = rig_frame(armature)
     motion = Motion(
         rotmats=full,
         transl=np.zeros((1, 3)) if transl is None else np.reshape(transl, (1, 3)),
@@ -160,7 +160,7 @@ def key_pose(
         confidence=[confidence],
         coordinate_frame=coordinate_frame or rig.world_frame,
     )
-    rotmats_rig, transl_rig = _in_rig_frame(rig, motion)
+    rotmats_rig, transl_rig = rig.motion_in_rig_frame(motion)
     kind = "JITTER" if confidence < DEFAULT_CONFIDENCE_THRESHOLD else "KEYFRAME"
     _write(armature, rig, rotmats_rig, None if transl is None else transl_rig,
            np.array([float(frame)]), motion.confidence, motion.flags,
@@ -185,7 +185,7 @@ def read_motion_keys(
     Channels keyed at other frames are evaluated there; missing channels read as rest.
     """
     scene = scene or bpy.context.scene
-    rig = RigFrame.from_armature(armature)
+    rig = rig_frame(armature)
     root_w = anim_compat.find_fcurve(armature, rotation_path(ROOT_BONE), 0)
     if root_w is None or len(root_w.keyframe_points) == 0:
         raise ValueError(f"{armature.name!r} has no root rotation keys to read")
@@ -236,18 +236,6 @@ def _remember_range(armature: bpy.types.Object, first: int, last: int) -> None:
         else:
             merged.append([start, end])
     armature[PROP_KEYED_RANGES] = [v for pair in merged for v in pair]
-
-
-def _in_rig_frame(rig: RigFrame, motion: Motion) -> tuple[np.ndarray, np.ndarray]:
-    """rotmats and transl of `motion` re-expressed in the rig's coordinate frame."""
-    if motion.coordinate_frame == rig.world_frame:
-        return motion.rotmats, motion.transl
-    # rig_world_from_motion_world; the pelvis J_0 + transl moves rigidly with the frame.
-    change = frame_to_blender(rig.world_frame).T @ frame_to_blender(motion.coordinate_frame)
-    rotmats = motion.rotmats.copy()
-    rotmats[:, 0] = change @ rotmats[:, 0]
-    j0 = rig.rest_joints[0]
-    return rotmats, (motion.transl + j0) @ change.T - j0
 
 
 def _write(
