@@ -99,9 +99,9 @@ def estimate_image(settings: ImageSettings, *, estimator=None, progress=None,
                    warn=None) -> ImageResult:
     """Worker-safe: read the image, find people, run the network (no Blender data touched)."""
     from ..dpose_core import frames
+    from ..dpose_core.camera import focal_from_fov
     from ..dpose_core.checkpoint import checkpoint_hash
     from ..dpose_core.errors import FrameError
-    from . import scene_camera
     from .sequence_job import load_estimator
 
     if not settings.image_path:
@@ -113,7 +113,7 @@ def estimate_image(settings: ImageSettings, *, estimator=None, progress=None,
                                    body_model=settings.body_model, cache_dir=settings.cache_dir)
     if progress is not None:
         progress(0, 1, "finding people")
-    focal = None if settings.fov_deg is None else scene_camera.focal_from_fov((w, h),
+    focal = None if settings.fov_deg is None else focal_from_fov((w, h),
                                                                               settings.fov_deg)
     boxes = person_boxes(estimator, image, focal)
     chosen = boxes[select_people(boxes, settings.person)]
@@ -137,6 +137,7 @@ def apply_image_result(scene, result: ImageResult, settings: ImageSettings) -> l
     import bpy
 
     from ..dpose_core.motion import Motion
+    from ..dpose_core.relief import relief_frame_from_estimate
     from . import depth_plane, keyframes, motion_import, provenance, scene_camera
 
     est, estimator = result.estimate, result.estimator
@@ -188,7 +189,7 @@ def apply_image_result(scene, result: ImageResult, settings: ImageSettings) -> l
     if settings.add_depth_plane:
         footage = scene_camera.load_footage(result.image_path)
         for k in range(len(est)):
-            frame = depth_plane.relief_frame_from_estimate(est, k)
+            frame = relief_frame_from_estimate(est, k)
             plane = depth_plane.create_depth_plane(
                 collection, frame, image=footage, depth_scale=settings.depth_scale,
                 name=f"D-PoSE Depth {k}",

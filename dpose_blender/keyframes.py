@@ -36,6 +36,7 @@ PROP_GENDER = "dpose_gender"
 PROP_FPS = "dpose_fps"
 PROP_KEYED_RANGES = "dpose_keyed_ranges"
 MARKER_PREFIX = "D-PoSE: "
+MAX_SCENE_FRAME = 1048574  # Blender's last frame (MAXFRAME)
 DEFAULT_CONFIDENCE_THRESHOLD = 0.5
 _GROUP_ESTIMATE = "D-PoSE"
 
@@ -104,6 +105,7 @@ def write_motion_keys(
     frame range follow the motion.
     """
     scene = scene or bpy.context.scene
+    check_frame_range(motion, frame_offset)
     rig = rig_frame(armature)
     rotmats, transl = rig.motion_in_rig_frame(motion)
     frames = (frame_offset + motion.frame_indices).astype(np.float64)
@@ -128,6 +130,26 @@ def write_motion_keys(
         set_scene_fps(scene, motion.fps)
         scene.frame_start, scene.frame_end = first, last
     return KeyedRange(first, last, len(frames), int(np.count_nonzero(low | interpolated)))
+
+
+def check_frame_range(motion: Motion, frame_offset: int) -> tuple[int, int]:
+    """The scene frames [first, last] the motion's keys land on; a MotionFileError when they
+    fall outside Blender's frames (0 to MAX_SCENE_FRAME), e.g. a file with huge frame numbers.
+
+    Call it before building anything, so a bad file leaves no half-built rig.
+    """
+    if len(motion) == 0:
+        raise MotionFileError("The motion has no frames to key; estimate or load a longer one.")
+    indices = np.asarray(motion.frame_indices)
+    first = int(frame_offset) + int(indices.min())
+    last = int(frame_offset) + int(indices.max())
+    if first < 0 or last > MAX_SCENE_FRAME:
+        raise MotionFileError(
+            f"The motion's frames would be keyed at scene frames {first}..{last}, outside "
+            f"Blender's 0..{MAX_SCENE_FRAME}; its frame numbers (dpose_frame_indices) are "
+            f"damaged or the start frame is too late."
+        )
+    return first, last
 
 
 def key_pose(

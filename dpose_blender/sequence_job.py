@@ -125,12 +125,12 @@ def _focal_for(settings: SequenceSettings, source):
     """None (the image diagonal) or the focal length of the user's field of view."""
     if settings.fov_deg is None:
         return None
-    from . import scene_camera
+    from ..dpose_core.camera import focal_from_fov
 
     for record in source:  # the first readable frame gives the image size
         if record.ok:
             h, w = record.image.shape[:2]
-            return scene_camera.focal_from_fov((w, h), settings.fov_deg)
+            return focal_from_fov((w, h), settings.fov_deg)
     return None
 
 
@@ -175,7 +175,7 @@ def run_sequence(estimator, settings: SequenceSettings, *, progress=None, cancel
     """
     from ..dpose_core import frames, localise, sequence
     from ..dpose_core.checkpoint import checkpoint_hash
-    from . import depth_plane
+    from ..dpose_core.relief import relief_frame_from_estimate
 
     keep_relief = settings.add_depth_plane if keep_relief is None else keep_relief
     cancel = cancel or threading.Event()
@@ -211,7 +211,7 @@ def run_sequence(estimator, settings: SequenceSettings, *, progress=None, cancel
             observed[(person.track_id, frame.index)] = np.asarray(person.box, np.float64)
             if keep_relief and det.estimate is not None:
                 reliefs[(person.track_id, frame.index)] = (
-                    depth_plane.relief_frame_from_estimate(det.estimate, det.row))
+                    relief_frame_from_estimate(det.estimate, det.row))
 
     started = time.perf_counter()
     person = "all" if settings.person in ("all", "largest") else int(settings.person)
@@ -313,6 +313,7 @@ def _footage(result: SequenceJobResult, settings: SequenceSettings):
 
 
 def _depth_planes(scene, collection, result, settings, record) -> list:
+    from ..dpose_core.relief import save_relief_cache
     from . import depth_plane, provenance
     from .preferences import default_cache_dir
 
@@ -325,7 +326,7 @@ def _depth_planes(scene, collection, result, settings, record) -> list:
         indices = [i for i, _ in entries]
         reliefs = [r for _, r in entries]
         stamp = f"{Path(result.source).stem}-{result.checkpoint_sha256[:8]}-{int(time.time())}"
-        cache = depth_plane.save_relief_cache(
+        cache = save_relief_cache(
             cache_root / f"{stamp}-track{track}.npz", reliefs,
             scene_frames=[settings.frame_start + i for i in indices],
         )

@@ -343,9 +343,10 @@ def test_rig_joints_project_onto_network_joints(ext, image_file):
     assert np.abs(pixels - expected).max() < 0.5
     # The relief from the same estimate projects onto its depth-map pixel centres.
     plane = next(o for o in created if o.name.startswith("D-PoSE Depth"))
-    dp = sys.modules[f"{EXT}.dpose_blender.depth_plane"]
-    frame = dp.relief_frame_from_estimate(result.estimate, 0)
-    _, _, _, centres = dp.relief_geometry(frame, settings.depth_scale)
+    from dpose_core.relief import relief_frame_from_estimate, relief_geometry
+
+    frame = relief_frame_from_estimate(result.estimate, 0)
+    centres = relief_geometry(frame, settings.depth_scale).pixels
     verts = np.array([(plane.matrix_world @ v.co)[:] for v in plane.data.vertices])
     if len(verts):  # random weights may segment no person pixels at all
         on_screen = sys.modules[f"{EXT}.dpose_blender.scene_camera"].project_to_pixels(
