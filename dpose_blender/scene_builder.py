@@ -24,7 +24,12 @@ import numpy as np
 
 from ..dpose_core.errors import DPoseError
 from ..dpose_core.motion import Motion
-from ..dpose_core.relief import DEFAULT_DEPTH_SCALE, DepthReliefFrame, save_relief_cache
+from ..dpose_core.relief import (
+    DEFAULT_DEPTH_SCALE,
+    DepthReliefFrame,
+    relief_frame_from_estimate,
+    save_relief_cache,
+)
 
 FOOTAGE_KINDS = ("image", "video", "folder")
 
@@ -240,6 +245,63 @@ def _save_reliefs(take: Take, entries, footage: Footage, offset: int, options) -
                              scene_frames=[offset + int(i) for i, _ in entries])
 
 
-def image_take_motion(estimate, index: int, fps: float) -> Motion:
-    """One crop of an image's Estimate as a one-frame Motion (source frame 0)."""
-    return Motion.from_estimate(estimate.select(index), fps=fps, frame_indices=np.array([0]))
+# ------------------------------------------------------------ pipeline results -> takes
+def takes_from_images(result, image: int, fps: float, *, with_relief: bool) -> list[Take]:
+    """The people of input image ``image`` of a ``pipeline.ImagesResult``, largest first.
+
+    Each becomes a one-frame Motion (source frame 0) at the scene's rate.
+    """
+    rows = result.rows_of_image(image)
+    takes = []
+    for k, row in enumerate(rows):
+        one = result.estimate.select(int(row))
+        motion = Motion.from_estimate(one, fps=fps, frame_indices=np.array([0]))
+        reliefs = [(0, relief_frame_from_estimate(one, 0))] if with_relief else []
+        takes.append(Take(f"D-PoSE Person {k}", motion, reliefs))
+    return takes
+
+
+def footage_from_images(result, image: int) -> Footage:
+    """The still image ``image`` of an ImagesResult and the camera its first person was solved
+    with (every person of one image shares it)."""
+    row = int(result.rows_of_image(image)[0])
+    est = result.estimate
+    return Footage(
+        path=str(Path(result.paths[image]).resolve()), kind="image",
+        image_size=tuple(int(v) for v in est.image_size[row]),
+        focal_px=float(est.focal_px[row, 0]),
+        principal_point=tuple(float(v) for v in est.principal_point[row]),
+    )
+
+
+def takes_from_video(result) -> list[Take]:
+    """The tracks of a ``pipeline.VideoResult`` in track order; reliefs from ``result.maps``
+    when the run kept them (``keep_maps=relief_keeper``)."""
+    return [Take(f"D-PoSE Track {number}", motion, list(result.maps.get(number, [])))
+            for number, motion in sorted(result.tracks.items())]
+
+
+def footage_from_video(result, first_source_frame: int) -> Footage:
+    """The video or image folder of a VideoResult, from ``first_source_frame`` (the run's
+    start) to the last frame any track used."""
+    from ..dpose_core.frames import list_images
+
+    motions = [m for m in result.tracks.values() if len(m)]
+    first = motions[0]
+    last = max(int(m.frame_indices.max()) for m in motions)
+    source = Path(result.source).resolve()
+    files = tuple(str(p) for p in list_images(source)) if result.source_kind == "folder" else ()
+    return Footage(
+        path=str(source), kind="folder" if result.source_kind == "folder" else "video",
+        image_size=tuple(int(v) for v in first.image_size),
+        focal_px=float(first.focal_px[0, 0]),
+        principal_point=tuple(float(v) for v in first.principal_point[0]),
+        first_source_frame=int(first_source_frame), last_source_frame=last,
+        folder_files=files,
+    )
+
+
+def relief_keeper(estimate, row: int) -> DepthReliefFrame:
+    """What a video run keeps per person-frame for the relief (``keep_maps=relief_keeper``):
+    the subsampled depth and mask, a few kilobytes instead of the full maps."""
+    return relief_frame_from_estimate(estimate, row)
