@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DPoseError, FrameError, NoPersonError
+from .errors import DPoseError
+from .frames import DEFAULT_FOLDER_FPS
+from .pipeline import BACKENDS, DEFAULT_BATCH, DEFAULT_SMOOTH, DEVICES
 
 EXIT_OK, EXIT_PROBLEM, EXIT_ERROR = 0, 1, 2
 
@@ -67,12 +69,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- estimate
-def _is_sequence_input(path: Path) -> bool:
-    from .frames import VIDEO_EXTENSIONS
-
-    return path.is_dir() or path.suffix.lower() in VIDEO_EXTENSIONS
-
-
 def _parse_bbox(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.replace(" ", "").split(",")]
@@ -81,43 +77,6 @@ def _parse_bbox(text: str) -> list[float]:
     if len(values) != 4:
         raise argparse.ArgumentTypeError(f"expected x0,y0,x1,y1 in pixels, got {text!r}")
     return values
-
-
-def _make_finder(estimator, args: argparse.Namespace):
-    """The sequence engineer's person finder (segmentation + OpenCV), or None without it."""
-    if args.bbox:
-        return None
-    try:
-        from .localise import make_finder
-    except ImportError:
-        return None
-    return make_finder(estimator, "auto", focal_px=args.focal)
-
-
-def _find_people(finder, image: np.ndarray, args: argparse.Namespace, path: Path):
-    """-> (boxes still to estimate (K,4), single-crop Estimates the finder already computed).
-
-    --bbox boxes are used as given; without them the finder looks for people (its last
-    network pass per person is reused); when nobody is found, the whole image is the box.
-    """
-    if args.bbox:
-        boxes = np.asarray(args.bbox, dtype=np.float64)
-        h, w = image.shape[:2]
-        for x0, y0, x1, y1 in boxes:
-            if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
-                raise FrameError(
-                    f"--bbox {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {w}x{h} image "
-                    f"{path}; give x0,y0,x1,y1 in pixels of the image."
-                )
-        return boxes, []
-    if finder is not None:
-        detections = finder.find(image)
-        done = [d.estimate.select(d.row) for d in detections if d.estimate is not None]
-        todo = [d.box for d in detections if d.estimate is None]
-        if detections:
-            return np.asarray(todo, dtype=np.float64).reshape(-1, 4), done
-    h, w = image.shape[:2]
-    return np.array([[0.0, 0.0, float(w), float(h)]]), []
 
 
 def _json_ready(value):
@@ -149,125 +108,113 @@ def _prepare_output(output: str | None) -> None:
                          "choose another -o.") from exc  # fmt: skip
 
 
+def run_options(args: argparse.Namespace):
+    """The pipeline's RunOptions for `dpose estimate`'s arguments (one meaning per option)."""
+    from .pipeline import RunOptions
+
+    return RunOptions(
+        inputs=args.inputs, outputs=[args.output] if args.output else [],
+        checkpoint=args.checkpoint, body_model=args.body_model, backend=args.backend,
+        device=args.device, batch=args.batch, person=args.person, bbox=args.bbox or (),
+        focal_px=args.focal, fov_deg=args.fov, smooth=args.smooth, start=args.start,
+        end=args.end, stride=args.stride, fps=args.fps,
+    )
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
-    inputs = [Path(p) for p in args.inputs]
+    from .pipeline import is_video_input
+
     suffix = None if args.output is None else Path(args.output).suffix.lower()
-    if any(_is_sequence_input(p) for p in inputs):
-        try:
-            from . import sequence
-        except ImportError as exc:
-            raise DPoseError(
-                "Video and folder inputs need dpose_core.sequence, which is not installed."
-            ) from exc
-        if suffix == ".npz":
-            _prepare_output(args.output)
-        return int(sequence.run_cli(args) or 0)
+    video = any(is_video_input(p) for p in args.inputs)
+    if video and suffix != ".npz":
+        raise DPoseError("Video and folder inputs write a motion file: pass -o motion.npz.")
     if suffix is not None and suffix not in (".json", ".npz"):
         raise DPoseError(f"Output must end in .json or .npz, got {args.output}.")
+    options = run_options(args)
+    options.validate()
     _prepare_output(args.output)
-    from .estimator import Estimator
-    from .frames import read_image
+    return _estimate_video(options, args) if video else _estimate_images(options, args)
 
-    estimator = Estimator(
-        args.checkpoint, backend=args.backend, device=args.device, max_batch=args.batch
-    )
-    results = []
-    progress = _progress(len(inputs), "estimate")
-    finder = _make_finder(estimator, args)
-    group_images, group_boxes, group_index = [], [], []
 
-    def flush() -> None:
-        if group_images:
-            focal = None if args.focal is None else [args.focal] * len(group_images)
-            est = estimator.estimate_batch(group_images, group_boxes, focal)
-            est.image_index = np.asarray(group_index)[est.image_index]
-            results.append(est)
-            group_images.clear()
-            group_boxes.clear()
-            group_index.clear()
+def _estimate_images(options, args: argparse.Namespace) -> int:
+    from .atomic_io import atomic_write, write_text
+    from .pipeline import estimate_images, open_estimator
 
-    skipped: list[FrameError] = []
-    for i, path in enumerate(inputs):
-        try:  # one bad image among many is reported and skipped, not fatal to the others
-            image = read_image(path)
-            boxes, done = _find_people(finder, image, args, path)
-        except FrameError as exc:
-            if len(inputs) == 1:
-                raise
-            progress.write(f"dpose: skipped: {exc}", file=sys.stderr)  # keeps the bar intact
-            skipped.append(exc)
-            progress.update(1)
-            continue
-        for est in done:
-            est.image_index = np.full(len(est), i, dtype=np.int64)
-            results.append(est)
-        if len(boxes):
-            if group_images and sum(len(b) for b in group_boxes) + len(boxes) > args.batch:
-                flush()
-            group_images.append(image)
-            group_boxes.append(boxes)
-            group_index.append(i)
-        progress.update(1)
-    flush()
-    progress.close()
-    if len(skipped) == len(inputs):
-        raise FrameError(f"None of the {len(inputs)} images could be used (see above).")
-    if not results:
-        raise NoPersonError("Nobody was found; pass --bbox x0,y0,x1,y1 to say where people are.")
-    merged = _merge(results)
-    payload = merged.to_dict(dense=suffix == ".npz")
+    estimator = open_estimator(options)
+    bar = _progress(len(options.inputs), "estimate", "image")
+    result = estimate_images(options, estimator=estimator, warn=_warn_through(bar),
+                             progress=lambda done, total: bar.update(done - bar.n))
+    bar.close()
+    npz = args.output is not None and Path(args.output).suffix.lower() == ".npz"
+    payload = result.estimate.to_dict(dense=npz)
     meta = {
-        "image_paths": np.array([str(p) for p in inputs]),
+        "image_paths": np.array([str(p) for p in result.paths]),
         "backend": np.array(estimator.backend),
         "device": np.array(estimator.device),
         "checkpoint": np.array(str(estimator.checkpoint_path)),
     }
-    try:
-        if suffix != ".npz":
-            doc = {k: _json_ready(v) for k, v in {**meta, **payload}.items()}
-            text = json.dumps(doc)
-            if args.output is None:
-                print(text)
-            else:
-                Path(args.output).write_text(text)
+    if not npz:
+        doc = {k: _json_ready(v) for k, v in {**meta, **payload}.items()}
+        text = json.dumps(doc, allow_nan=False)  # the pipeline refused non-finite numbers
+        if args.output is None:
+            print(text)
         else:
-            with open(args.output, "wb") as fh:  # a path would get ".npz" added to ".NPZ"
-                np.savez_compressed(fh, **meta, **payload)
-    except OSError as exc:
-        raise DPoseError(f"Cannot write {args.output}: {exc.strerror or exc}.") from exc
+            write_text(args.output, text)
+    else:
+        with atomic_write(args.output, "wb") as fh:  # a path would get ".npz" added to ".NPZ"
+            np.savez_compressed(fh, **meta, **payload)
     if args.output is not None:
-        print(f"wrote {args.output}: {len(merged)} person crop(s) in {len(inputs)} image(s) "
-              f"[{estimator.backend} on {estimator.device}]", file=sys.stderr)  # fmt: skip
-    if skipped:
-        print(f"dpose: {len(skipped)} of {len(inputs)} images skipped (listed above)",
-              file=sys.stderr)  # fmt: skip
+        print(f"wrote {args.output}: {len(result)} person crop(s) in {len(result.paths)} "
+              f"image(s) [{estimator.backend} on {estimator.device}]", file=sys.stderr)
+    if result.skipped:
+        print(f"dpose: {len(result.skipped)} of {len(result.paths)} images skipped (listed "
+              "above)", file=sys.stderr)  # fmt: skip
         return EXIT_PROBLEM
     return EXIT_OK
 
 
-def _merge(results):
-    """Concatenate Estimates (image_index already global), ordered by input image."""
-    from dataclasses import fields
+def _estimate_video(options, args: argparse.Namespace) -> int:
+    """`dpose estimate VIDEO|FOLDER -o motion.npz`: one motion file per person track."""
+    from .frames import open_frames
+    from .pipeline import estimate_video, open_estimator, save_tracks
 
-    from .estimator import Estimate
+    estimator = open_estimator(options)
+    total = len(open_frames(options.inputs[0], start=options.start, end=options.end,
+                            stride=options.stride))
+    bar = _progress(total or None, "dpose", "frame")
+    try:
+        result = estimate_video(options, estimator=estimator, warn=_warn_through(bar),
+                                progress=lambda done, _total: bar.update(done - bar.n))
+    finally:
+        bar.close()
+    for track, path in save_tracks(result, args.output).items():
+        print(f"dpose: track {track}: {len(result.tracks[track])} frames "
+              f"({result.rows_fps:g} per second) -> {path}")
+    if result.failures:
+        print(f"dpose: {len(result.failures)} of {result.frames_processed} frames skipped "
+              "(listed above)", file=sys.stderr)  # fmt: skip
+        return EXIT_PROBLEM
+    return EXIT_OK
 
-    merged = Estimate(
-        **{f.name: np.concatenate([getattr(r, f.name) for r in results]) for f in fields(Estimate)}
-    )
-    return merged.select(np.argsort(merged.image_index, kind="stable"))
+
+def _warn_through(bar):
+    """warn(text) for the pipeline: one `dpose:` line on stderr that keeps the bar intact."""
+    return lambda text: bar.write(f"dpose: {text}", file=sys.stderr)
 
 
-def _progress(total: int, desc: str):
-    """tqdm bar on stderr for many inputs; a silent stand-in otherwise."""
+def _progress(total: int | None, desc: str, unit: str):
+    """tqdm bar on stderr for several images or frames; a silent stand-in otherwise."""
     try:
         from tqdm import tqdm
-    except ImportError:
+    except ImportError:  # tqdm is a CLI nicety, not a requirement
         tqdm = None
-    if tqdm is None or total < 2:
+    if tqdm is None or total == 1 or total == 0:
 
         class _Silent:
+            n = 0
+
             def update(self, n: int) -> None:
-                pass
+                self.n += n
 
             def close(self) -> None:
                 pass
@@ -276,7 +223,7 @@ def _progress(total: int, desc: str):
                 print(text, file=file)
 
         return _Silent()
-    return tqdm(total=total, desc=desc, unit="image", file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- doctor
@@ -385,19 +332,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate", help="estimate SMPL-X from images, a video or a folder")
     p.add_argument("inputs", nargs="+", help="image files, or a video file / image folder")
     p.add_argument("--checkpoint", help="paper_arxiv.ckpt (default: $DPOSE_CHECKPOINT)")
+    p.add_argument("--body-model", help="SMPL-X model file (default: the checkpoint's own)")
     p.add_argument("--bbox", type=_parse_bbox, action="append",
-                   help="person box x0,y0,x1,y1 in pixels (repeatable); default: find people "
-                   "or use the whole image")  # fmt: skip
-    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--batch", type=int, default=8, help="crops per network batch (default 8)")
+                   help="person box x0,y0,x1,y1 in pixels, may reach outside the image "
+                   "(repeatable for images; one for a video); default: find people")  # fmt: skip
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                   help=f"crops per network batch (default {DEFAULT_BATCH})")  # fmt: skip
     p.add_argument("--focal", type=float, help="focal length in pixels (default: diagonal)")
-    p.add_argument("-o", "--output", help="out.json (no per-pixel maps) or out.npz (everything)")
-    p.add_argument("--person", default="all", help="video/folder: 'all' or a track number")
-    p.add_argument("--smooth", type=float, default=1.0, help="video/folder: smoothing strength")
-    p.add_argument("--fps", type=float, help="video/folder: frame rate override")
-    p.add_argument("--start", type=int, default=0, help="video/folder: first frame")
-    p.add_argument("--end", type=int, help="video/folder: stop before this frame")
+    p.add_argument("--fov", type=float,
+                   help="field of view in degrees across the longer image side (instead of "
+                   "--focal)")  # fmt: skip
+    p.add_argument("-o", "--output",
+                   help="images: out.json (no per-pixel maps) or out.npz (everything); "
+                   "video/folder: motion.npz (one file per person track)")  # fmt: skip
+    p.add_argument("--person", default="all",
+                   help="'all', 'largest' or a number (images: largest first; video: track)")
+    p.add_argument("--smooth", type=float, default=DEFAULT_SMOOTH,
+                   help="video/folder: 0 off, 1 default, 2 twice as smooth")  # fmt: skip
+    p.add_argument("--fps", type=float,
+                   help=f"video/folder: frame rate override (folders: {DEFAULT_FOLDER_FPS:g})")
+    p.add_argument("--start", type=int, default=0, help="video/folder: first source frame")
+    p.add_argument("--end", type=int, help="video/folder: stop before this source frame")
     p.add_argument("--stride", type=int, default=1, help="video/folder: use every Nth frame")
     p.set_defaults(func=cmd_estimate)
 
@@ -408,25 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _bad_number_option(args: argparse.Namespace) -> str | None:
-    """What is wrong with estimate's numeric options (checked before any work), or None."""
-    if args.command != "estimate":
-        return None
-    if args.batch < 1:
-        return "--batch must be at least 1"
-    if args.start < 0 or args.stride < 1:
-        return "--start must be 0 or more and --stride at least 1"
-    if args.end is not None and args.end <= args.start:
-        return f"--end ({args.end}) must be after --start ({args.start})"
-    for name in ("fps", "focal"):
-        value = getattr(args, name)
-        if value is not None and not (np.isfinite(value) and value > 0):
-            return f"--{name} must be a positive number of {'frames/s' if name == 'fps' else 'px'}"
-    if not (np.isfinite(args.smooth) and args.smooth >= 0):
-        return "--smooth must be 0 (off) or more"
-    if args.person != "all" and not args.person.isdigit():
-        return f"--person must be 'all' or a track number 0, 1, ..., got {args.person!r}"
-    return None
+def attach_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """`--bbox -80,-40,260,420` -> `--bbox=-80,-40,260,420`: argparse would read a value that
+    starts with '-' (a box partly left of or above the image) as an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in options and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 class _NoteHandler(logging.Handler):
@@ -444,16 +395,13 @@ def _route_notes() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (`dpose`); returns the exit status."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(attach_values(argv, ("--bbox",)))
     _route_notes()
-    problem = _bad_number_option(args)
-    if problem:
-        print(f"dpose: error: {problem}", file=sys.stderr)
-        return EXIT_ERROR
     try:
         return int(args.func(args) or 0)
     except DPoseError as exc:
-        print(f"dpose: error: {exc}", file=sys.stderr)
+        print(f"dpose: error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("dpose: interrupted", file=sys.stderr)

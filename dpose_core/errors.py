@@ -25,6 +25,10 @@ class NoPersonError(DPoseError):
     """No person was found where one was expected."""
 
 
+class NonFiniteOutputError(DPoseError):
+    """The network returned NaN or inf (damaged weights): never written to a file."""
+
+
 class MotionFileError(DPoseError):
     """A motion file is unreadable or lacks the SMPL-X keys."""
 

@@ -2,19 +2,22 @@
 
 Written keys (N frames):
     poses (N,165) axis-angle of the 55 SMPL-X joints; trans (N,3) metres; betas (11,);
-    num_betas; gender (str); mocap_frame_rate; surface_model_type "smplx";
+    num_betas; gender (str); mocap_frame_rate (rows per second: the source rate over the
+    frame step, so AMASS tools play it at the right speed); surface_model_type "smplx";
     root_orient (N,3), pose_body (N,63), pose_hand (N,90), pose_jaw (N,3), pose_eye (N,6)
     (the same numbers as `poses`, split as AMASS does);
     dpose_confidence (N,), dpose_frame_indices (N,), dpose_flags (N,) uint8,
     dpose_boxes (N,4) xyxy px, dpose_focal_px (N,2), dpose_principal_point (N,2),
-    dpose_image_size (2,) (w, h), dpose_coordinate_frame, dpose_format_version.
+    dpose_image_size (2,) (w, h), dpose_source_fps (the footage's rate: frame_indices / it =
+    seconds), dpose_coordinate_frame, dpose_format_version.
 
 Frames: our root_orient and trans are in the OpenCV camera frame of the footage (x right,
 y down, z forward; dpose_coordinate_frame = "opencv_camera"). AMASS files are in a Z-up world
 frame; files without dpose_coordinate_frame are read as "world_z_up". coords.frame_to_blender
 turns either into Blender's world.
 
-Reading is tolerant: `mocap_framerate` / `fps` / `frame_rate` for the rate (30 if absent),
+Reading is tolerant: `dpose_source_fps`, else `mocap_framerate` / `fps` / `frame_rate` for
+the rate (30 if absent),
 files that only have the split arrays, SMPL-H `poses` (N,156: no jaw/eyes), gender stored as
 bytes or 0-d arrays, betas of any length (zero-padded or cut to 11; per-frame betas are reduced
 to their median), missing `trans` (zeros). Nothing is ever unpickled (allow_pickle=False).
@@ -28,14 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic_io import OutputError, atomic_write
 from .errors import MotionFileError
 from .motion import FRAME_OPENCV_CAMERA, FRAME_WORLD_Z_UP, Motion
 from .rotations import axis_angle_to_matrix
 from .skeleton import NUM_BETAS, NUM_JOINTS
 
 FORMAT_VERSION = 1
-_FPS_KEYS = ("mocap_frame_rate", "mocap_framerate", "fps", "frame_rate")
-_DEFAULT_FPS = 30.0
+_SOURCE_FPS_KEY = "dpose_source_fps"
+_FPS_KEYS = (_SOURCE_FPS_KEY, "mocap_frame_rate", "mocap_framerate", "fps", "frame_rate")
+DEFAULT_FILE_FPS = 30.0  # the rate of a file that names none
 # (key, first joint, joint count) of the AMASS split arrays.
 _SPLIT = (
     ("root_orient", 0, 1), ("pose_body", 1, 21), ("pose_jaw", 22, 1), ("pose_eye", 23, 2),
@@ -55,7 +60,8 @@ def motion_to_arrays(motion: Motion) -> dict[str, np.ndarray]:
         "betas": motion.betas,
         "num_betas": np.array(NUM_BETAS),
         "gender": np.array(motion.gender),
-        "mocap_frame_rate": np.array(motion.fps),
+        "mocap_frame_rate": np.array(rows_per_second(motion)),
+        _SOURCE_FPS_KEY: np.array(motion.fps),
         "surface_model_type": np.array("smplx"),
     }
     for key, first, count in _SPLIT:
@@ -69,17 +75,31 @@ def motion_to_arrays(motion: Motion) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+def rows_per_second(motion: Motion) -> float:
+    """Rate of the motion's rows: the source rate over the mean frame step (`--stride 2` on
+    25 fps footage -> 12.5); the source rate for a single frame."""
+    frames = motion.frame_indices
+    if len(frames) < 2 or frames[-1] <= frames[0]:
+        return float(motion.fps)
+    return float(motion.fps * (len(frames) - 1) / (frames[-1] - frames[0]))
+
+
 def save_motion_npz(path: str | os.PathLike, motion: Motion) -> Path:
-    """Write `motion` as an uncompressed SMPL-X/AMASS .npz (no pickled objects inside)."""
+    """Write `motion` as an uncompressed SMPL-X/AMASS .npz (no pickled objects inside).
+
+    Atomic (atomic_io): on failure (OutputError) an existing file is left as it was.
+    """
     path = Path(path)
     if path.suffix.lower() != ".npz":
         path = path.with_name(path.name + ".npz")  # np.savez would append it anyway
     arrays = motion_to_arrays(motion)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as fh:  # write then rename: never leave half a file under the name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"Cannot create the folder {path.parent}: "
+                          f"{exc.strerror or exc}.") from exc
+    with atomic_write(path, "wb") as fh:
         np.savez(fh, **arrays)
-    os.replace(tmp, path)
     return path
 
 
@@ -206,7 +226,7 @@ def _read_fps(data: dict[str, np.ndarray]) -> float:
             if not np.isfinite(fps) or fps <= 0:
                 raise MotionFileError(f"'{key}' = {fps} is not a positive frame rate")
             return fps
-    return _DEFAULT_FPS
+    return DEFAULT_FILE_FPS
 
 
 def _text(value, default: str) -> str:
@@ -224,5 +244,5 @@ def _text(value, default: str) -> str:
 
 __all__ = [
     "FORMAT_VERSION", "load_motion_npz", "motion_from_arrays", "motion_to_arrays",
-    "save_motion_npz", "FRAME_OPENCV_CAMERA", "FRAME_WORLD_Z_UP",
+    "rows_per_second", "save_motion_npz", "FRAME_OPENCV_CAMERA", "FRAME_WORLD_Z_UP",
 ]  # fmt: skip

@@ -11,11 +11,11 @@ the frames done so far are returned; frame failures are reported, not raised.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,20 +23,29 @@ from .errors import DPoseError, NoPersonError
 from .frames import FrameSource, open_frames
 from .localise import Detection, PersonFinder, crop_evidence, make_finder
 from .motion import FLAG_INTERPOLATED, FLAG_LOW_CONFIDENCE, Motion
+from .skeleton import NUM_BETAS, NUM_PREDICTED_JOINTS
 from .smoothing import fill_gaps, robust_mean_betas, smooth_rotations, smooth_translation
 from .tracking import Tracker
 
-DEFAULT_LOW_CONFIDENCE = 0.3
+DEFAULT_LOW_CONFIDENCE = 0.3  # frames below this are replaced by interpolation and flagged
+DEFAULT_MAX_GAP = 15  # frames a person may vanish (occlusion) and keep their track
+MIN_TRACK_FRAMES = 3  # shorter tracks of found people are dropped as noise
 
 
 @dataclass
 class PersonResult:
-    """One person in one frame: track id, box (xyxy px), confidence in [0,1], finder name."""
+    """One person in one frame: track id, box (xyxy px), confidence in [0,1], finder name.
+
+    estimate / row: the network's output for this person (only when estimate_sequence was
+    asked for `frame_estimates`; None otherwise, so nothing per-pixel outlives the frame).
+    """
 
     track_id: int
     box: np.ndarray
     confidence: float
     source: str
+    estimate: Any = None
+    row: int = 0
 
 
 @dataclass
@@ -94,8 +103,8 @@ class _Rows:
 class _TrackBuffer:
     """Per-frame numbers of one track (~0.9 kB a frame, float32; no images, no maps)."""
 
-    FIELDS = {"rotmats": 22 * 9, "cam_t": 3, "betas": 11, "box": 4, "focal": 2, "principal": 2,
-              "confidence": 1}
+    FIELDS = {"rotmats": NUM_PREDICTED_JOINTS * 9, "cam_t": 3, "betas": NUM_BETAS, "box": 4,
+              "focal": 2, "principal": 2, "confidence": 1}
 
     def __init__(self):
         self.steps: list[int] = []
@@ -148,9 +157,9 @@ def _build_motion(buf: _TrackBuffer, step_index: np.ndarray, fps: float, smooth:
     confidence = buf.column("confidence")[:, 0].astype(np.float64)
     conf = np.zeros(n)
     conf[pos] = confidence
-    rot = np.empty((n, 22, 3, 3))
+    rot = np.empty((n, NUM_PREDICTED_JOINTS, 3, 3))
     rot[:] = np.eye(3)
-    rot[pos] = buf.column("rotmats").reshape(-1, 22, 3, 3)
+    rot[pos] = buf.column("rotmats").reshape(-1, NUM_PREDICTED_JOINTS, 3, 3)
     transl = np.zeros((n, 3))
     transl[pos] = buf.column("cam_t")
     good = observed & (conf >= low_confidence)
@@ -194,9 +203,10 @@ def estimate_sequence(
     stride: int = 1,
     fps: float | None = None,
     focal_px=None,
-    max_gap: int = 15,
-    min_track_frames: int = 3,
+    max_gap: int = DEFAULT_MAX_GAP,
+    min_track_frames: int = MIN_TRACK_FRAMES,
     low_confidence: float = DEFAULT_LOW_CONFIDENCE,
+    frame_estimates: bool = False,
 ) -> SequenceResult:
     """Estimate every person's motion over a video, image folder or FrameSource.
 
@@ -209,6 +219,7 @@ def estimate_sequence(
     after each frame, failed ones too.
     max_gap: frames a person may vanish (occlusion) and keep the id. Frames whose confidence
     is below `low_confidence` are replaced by interpolation and flagged.
+    frame_estimates: hand each person's Estimate to on_frame (PersonResult.estimate / row).
     Returns a SequenceResult (dict track id -> Motion) with .failures, .frames_processed,
     .cancelled; frame errors are reported there, never raised.
     """
@@ -237,7 +248,9 @@ def estimate_sequence(
         else:
             try:
                 frame.people = _process_frame(record.image, step, estimator, finder, tracker,
-                                              buffers, focal_px)
+                                              buffers, focal_px, frame_estimates)
+            except DPoseError as exc:  # says itself what went wrong
+                frame.error = f"Frame {record.index}: {exc}"
             except Exception as exc:  # one bad frame must not end a long job: report it
                 frame.error = f"Frame {record.index}: {type(exc).__name__}: {exc}"
         if frame.error is not None:
@@ -275,26 +288,29 @@ def _track_order(item: tuple[int, _TrackBuffer]) -> tuple:
     return (buf.steps[0], float(buf.first_box[0]), tid)
 
 
-def _process_frame(image, step, estimator, finder, tracker, buffers, focal_px
-                   ) -> list[PersonResult]:
+def _process_frame(image, step, estimator, finder, tracker, buffers, focal_px,
+                   frame_estimates: bool = False) -> list[PersonResult]:
     hints = list(tracker.predicted_boxes(step).values())
     detections = finder.find(image, hints)
     if not detections:
         tracker.update(step, np.zeros((0, 4)))
         return []
-    ids = tracker.update(step, np.stack([d.box for d in detections]))
     need = [k for k, d in enumerate(detections) if d.estimate is None]
     finder_ran_network = [d.estimate is not None for d in detections]
-    if need:
+    if need:  # before the tracker moves on: a failing pass leaves it as it was
         est = estimator.estimate(image, np.stack([detections[k].box for k in need]),
                                  focal_px=focal_px)
         for row, k in enumerate(need):
             detections[k].estimate, detections[k].row = est, row
+    ids = tracker.update(step, np.stack([d.box for d in detections]))
     people = []
     for det, tid, ran in zip(detections, ids, finder_ran_network, strict=True):
         conf = _person_confidence(det, det.estimate, det.row, ran)
         buffers.setdefault(tid, _TrackBuffer()).add(step, det.estimate, det.row, det.box, conf)
-        people.append(PersonResult(tid, np.asarray(det.box, float), conf, det.source))
+        person = PersonResult(tid, np.asarray(det.box, float), conf, det.source)
+        if frame_estimates:
+            person.estimate, person.row = det.estimate, det.row
+        people.append(person)
     return people
 
 
@@ -305,50 +321,3 @@ def track_output_paths(output: str | Path, track_ids: list[int]) -> dict[int, Pa
         return {track_ids[0]: output}
     return {tid: output.with_name(f"{output.stem}_track{tid}{output.suffix}")
             for tid in track_ids}
-
-
-def run_cli(args) -> int:
-    """`dpose estimate VIDEO|FOLDER -o motion.npz [--person all|N] [--smooth S]`."""
-    from .estimator import Estimator
-    from .motion_io import save_motion_npz
-
-    if len(args.inputs) != 1:
-        raise DPoseError("Give one video or image folder at a time (got "
-                         f"{len(args.inputs)} inputs).")
-    if not args.output or Path(args.output).suffix.lower() != ".npz":
-        raise DPoseError("Video and folder inputs write a motion file: pass -o motion.npz.")
-    boxes = args.bbox
-    if isinstance(boxes, str):
-        boxes = [[float(v) for v in boxes.split(",")]]
-    if boxes and len(boxes) > 1:
-        raise DPoseError("A video takes at most one --bbox (the person to follow).")
-    frames = open_frames(args.inputs[0], start=args.start or 0, end=args.end,
-                         stride=args.stride or 1, fps=args.fps)
-    estimator = Estimator(args.checkpoint, backend=args.backend, device=args.device,
-                          max_batch=getattr(args, "batch", 8) or 8)
-    focal = getattr(args, "focal", None)
-    finder = make_finder(estimator, "auto", bbox=boxes[0] if boxes else None, focal_px=focal)
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(frames) or None, unit="frame", desc="dpose", file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.update(done - bar.n)
-
-    try:
-        result = estimate_sequence(frames, estimator, finder=finder, person=args.person,
-                                   smooth=args.smooth, progress=progress, focal_px=focal)
-    finally:
-        bar.close()
-    for failure in result.failures:
-        print(f"dpose: skipped: {failure.message}", file=sys.stderr)
-    if not result:
-        raise NoPersonError(f"Nobody was found in {args.inputs[0]} "
-                            f"({result.frames_processed} frames). Pass --bbox x0,y0,x1,y1 to "
-                            "say where the person is.")
-    paths = track_output_paths(args.output, sorted(result))
-    for tid, path in paths.items():
-        motion = result[tid]
-        save_motion_npz(path, motion)
-        print(f"dpose: track {tid}: {len(motion)} frames -> {path}")
-    return 0

@@ -178,9 +178,9 @@ def test_estimate_output_folder_case_and_cuda_note(checkpoint_path, images, tmp_
     [
         (["--bbox", "5000,5000,9000,9000"], "outside the 300x420 image"),
         (["--bbox", BOX, "-o", "{tmp}/file.txt/out.json"], "choose another -o"),
-        (["--bbox", BOX, "-o", "{tmp}/folder.json"], "choose another -o"),
+        (["--bbox", BOX, "-o", "{tmp}/folder.json"], "it is a folder; choose another output"),
         # /proc takes no new files, even from root (for whom os.access says yes)
-        pytest.param(["--bbox", BOX, "-o", "/proc/dpose_out.json"], "choose another -o",
+        pytest.param(["--bbox", BOX, "-o", "/proc/dpose_out.json"], "choose another output",
                      marks=pytest.mark.skipif(not Path("/proc/self").exists(), reason="no /proc")),
     ],
 )

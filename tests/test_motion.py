@@ -130,7 +130,9 @@ def test_save_load_round_trip_exact(tmp_path):
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
         assert a["poses"].shape == (6, 165) and a["pose_hand"].shape == (6, 90)
         assert str(a["surface_model_type"]) == "smplx" and a["gender"].shape == ()
-        assert float(a["mocap_frame_rate"]) == 25.0
+        # every 2nd frame of 25 fps footage: rows play at 12.5 per second; the source rate
+        # is kept beside it so frame_indices / fps stays seconds
+        assert float(a["mocap_frame_rate"]) == 12.5 and float(a["dpose_source_fps"]) == 25.0
         np.testing.assert_array_equal(
             a["poses"][:, 3:66], a["pose_body"]
         )

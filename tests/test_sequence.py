@@ -1,6 +1,5 @@
 """Video/folder to motion: the loop, tracks, failures, cancel, CLI output; one real-network run."""
 
-import argparse
 import threading
 from types import SimpleNamespace
 
@@ -14,7 +13,7 @@ from dpose_core.motion import FLAG_INTERPOLATED, FLAG_LOW_CONFIDENCE
 from dpose_core.motion_io import load_motion_npz
 from dpose_core.preprocess import box_to_center_scale, crop_box
 from dpose_core.rotations import rotation_about_axis
-from dpose_core.sequence import estimate_sequence, run_cli, track_output_paths
+from dpose_core.sequence import estimate_sequence, track_output_paths
 from dpose_core.tracking import box_iou
 from tests.test_localise import draw_silhouette
 
@@ -202,21 +201,20 @@ def test_worker_thread_progress_and_failures_not_raised(tmp_path):
     assert len(result[0]) == 6 and result[0].flags[2] & FLAG_INTERPOLATED
 
 
-def test_cli_writes_one_file_per_track(tmp_path, monkeypatch):
-    """run_cli's loop with the network stand-in (the real network runs in the next test)."""
-    import dpose_core.estimator
+def test_pipeline_writes_one_file_per_track(tmp_path):
+    """The CLI's path (pipeline.estimate_video + save_tracks) with the network stand-in (the
+    real network runs in the next test)."""
+    from dpose_core.pipeline import RunOptions, estimate_video, save_tracks
 
-    monkeypatch.setattr(dpose_core.estimator, "Estimator",
-                        lambda *a, **k: PixelSegmentationNetwork())
     folder = tmp_path / "frames"
     folder.mkdir()
     for f in range(6):
         cv2.imwrite(str(folder / f"f{f}.png"), render(f, people=(0, 1))[:, :, ::-1])
-    args = argparse.Namespace(
-        inputs=[str(folder)], output=str(tmp_path / "motion.npz"), checkpoint=None,
-        backend="auto", device="cpu", bbox=None, person="all", smooth=1.0, fps=12.0,
-        start=0, end=None, stride=1, batch=8)
-    assert run_cli(args) == 0
+    net = PixelSegmentationNetwork()
+    options = RunOptions(inputs=[folder], outputs=[tmp_path / "motion.npz"], fps=12.0)
+    result = estimate_video(options.validate(estimator=net), estimator=net)
+    paths = save_tracks(result, tmp_path / "motion.npz")
+    assert paths == {0: tmp_path / "motion_track0.npz", 1: tmp_path / "motion_track1.npz"}
     m0 = load_motion_npz(tmp_path / "motion_track0.npz")
     m1 = load_motion_npz(tmp_path / "motion_track1.npz")
     assert len(m0) == len(m1) == 6 and m0.fps == 12.0

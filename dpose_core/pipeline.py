@@ -1,0 +1,737 @@
+"""The use-case layer: one set of options, one image pipeline, one video pipeline.
+
+The CLI (`cli.py`), the Blender panel jobs and the farm script (`dpose_blender/headless.py`)
+are thin adapters over this module, so an option means the same thing everywhere and the same
+input gives the same numbers everywhere.
+
+    options = RunOptions(inputs=["clip.mp4"], stride=2, outputs=["motion.npz"])
+    options.validate()                    # DPoseError, one line, before any work
+    estimator = open_estimator(options)   # or pass a cached Estimator to the calls below
+    video = estimate_video(options, estimator=estimator, progress=..., cancel=..., warn=...)
+    video.tracks[0]          # Motion of track 0 (Motion.fps = the source rate)
+    video.tracker_ids[0]     # its id in FrameResult.people (on_frame)
+    video.maps[0]            # [(source frame, kept maps)] with keep_maps
+    save_tracks(video, "motion.npz")      # one file per track, written atomically
+    images = estimate_images(RunOptions(inputs=["a.jpg", "b.jpg"]).validate())
+    images.estimate          # Estimate, one row per person; image_index -> images.paths
+
+Public API:
+    RunOptions(...).validate(*, estimator=None) -> RunOptions
+    open_estimator(options) -> Estimator
+    estimate_images(options, *, estimator=None, progress=None, cancel=None, warn=None)
+        -> ImagesResult
+    estimate_video(options, *, estimator=None, progress=None, cancel=None, on_frame=None,
+                   warn=None, keep_maps=False, finder=None) -> VideoResult
+    save_tracks(result, output) -> dict[int, Path]
+    select_people(boxes, person) -> indices; is_video_input(path) -> bool
+Callbacks: progress(done, total) after each image/frame (total 0 when unknown);
+warn(text) for one-line notices (a skipped image or frame, once each; nobody found yet);
+cancel: a threading.Event, checked between images/frames.
+Errors: every problem with the input raises a DPoseError subclass with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import (
+    CancelledError,
+    CheckpointError,
+    DPoseError,
+    FrameError,
+    NonFiniteOutputError,
+    NoPersonError,
+)
+from .frames import DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from .sequence import DEFAULT_LOW_CONFIDENCE, DEFAULT_MAX_GAP, MIN_TRACK_FRAMES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 8  # crops per network batch
+DEFAULT_SMOOTH = 1.0  # One-Euro strength: 0 off, 1 default, 2 twice as smooth
+NOBODY_WARNING_FRAMES = 100  # say at once when nobody has been found in this many frames
+FOV_RANGE_DEG = (1.0, 179.0)
+BACKENDS = ("auto", "onnx", "torch")
+DEVICES = ("auto", "cpu", "cuda")
+BBOX_HINT = "pass --bbox x0,y0,x1,y1 (pixels) to say where the person is"
+
+Progress = Callable[[int, int], None]
+Warn = Callable[[str], None]
+
+
+def is_video_input(path: str | os.PathLike) -> bool:
+    """A folder of frames or a video file (anything else is read as one image)."""
+    path = Path(path)
+    return path.is_dir() or path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def focal_from_fov(image_size: Sequence[float], fov_deg: float) -> float:
+    """Focal length in px for a field of view (degrees) across the image's longer side."""
+    return 0.5 * max(image_size) / math.tan(math.radians(fov_deg) / 2.0)
+
+
+# ----------------------------------------------------------------------------- options
+@dataclass
+class RunOptions:
+    """Everything a run needs; one meaning per option for every entry point.
+
+    inputs: image files, or one video file / image folder. outputs: the files the caller
+    will write (checked: never an input, never twice). person: "all", "largest" or a number
+    (images: index among that image's people, largest first; videos: track number, tracks
+    numbered by first appearance). bbox: person boxes x0,y0,x1,y1 in pixels, used as given
+    (a box may reach outside the image; a video takes one). focal_px or fov_deg (degrees
+    across the longer side) set the camera; default: focal = image diagonal. smooth: 0 off,
+    1 default, 2 twice as smooth. start/end/stride: source frame numbers, end exclusive.
+    fps: override the video's rate; image folders default to DEFAULT_FOLDER_FPS.
+    """
+
+    inputs: Sequence[str | os.PathLike] = ()
+    outputs: Sequence[str | os.PathLike] = ()
+    checkpoint: str | os.PathLike | None = None
+    body_model: str | os.PathLike | None = None
+    backend: str = "auto"
+    device: str = "auto"
+    cache_dir: str | os.PathLike | None = None
+    batch: int = DEFAULT_BATCH
+    person: str | int = "all"
+    bbox: Any = ()
+    focal_px: float | None = None
+    fov_deg: float | None = None
+    smooth: float = DEFAULT_SMOOTH
+    start: int = 0
+    end: int | None = None
+    stride: int = 1
+    fps: float | None = None
+    low_confidence: float = DEFAULT_LOW_CONFIDENCE
+    max_gap: int = DEFAULT_MAX_GAP
+    _valid: bool = field(default=False, init=False, repr=False, compare=False)
+    _loaded_body_model: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value) -> None:
+        if not name.startswith("_"):  # any change needs validating again
+            object.__setattr__(self, "_valid", False)
+        object.__setattr__(self, name, value)
+
+    # -------------------------------------------------------------- derived
+    @property
+    def is_video(self) -> bool:
+        """True for one video file or image folder, False for image files."""
+        return any(is_video_input(p) for p in self.inputs)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """bbox as a (K,4) float array (K = 0 when people are to be found)."""
+        return _boxes(self.bbox)
+
+    # -------------------------------------------------------------- validation
+    def validate(self, *, estimator=None) -> RunOptions:
+        """Check every option and input before any work; returns self, normalised.
+
+        Raises a DPoseError with one line saying what is wrong and what to do. Given an
+        `estimator`, the checkpoint and body model are the estimator's and are not checked.
+        """
+        inputs = [Path(p).expanduser() for p in self.inputs]
+        if not inputs:
+            raise FrameError("No input given: pass image files, a video or an image folder.")
+        for path in inputs:
+            if not path.exists():
+                raise FrameError(f"Input {path} does not exist.")
+        video = any(is_video_input(p) for p in inputs)
+        if video and len(inputs) != 1:
+            raise FrameError(f"Give one video or image folder at a time (got {len(inputs)} "
+                             "inputs).")
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("device", self.device, DEVICES)
+        if not isinstance(self.batch, int | np.integer) or self.batch < 1:
+            raise DPoseError(f"--batch must be a whole number of at least 1, got {self.batch}.")
+        person = _parse_person(self.person)
+        boxes = _boxes(self.bbox)
+        if video and len(boxes) > 1:
+            raise DPoseError("A video takes one --bbox (the person to follow), "
+                             f"got {len(boxes)}.")
+        _check_frame_range(self.start, self.end, self.stride)
+        for name, value in (("--fps", self.fps), ("--focal", self.focal_px)):
+            if value is not None and not (np.isfinite(value) and value > 0):
+                raise DPoseError(f"{name} must be a positive number, got {value}.")
+        if self.fov_deg is not None:
+            lo, hi = FOV_RANGE_DEG
+            if not (np.isfinite(self.fov_deg) and lo <= self.fov_deg <= hi):
+                raise DPoseError(f"--fov must be between {lo:g} and {hi:g} degrees, "
+                                 f"got {self.fov_deg}.")
+            if self.focal_px is not None:
+                raise DPoseError("Give --focal or --fov, not both.")
+        if not (np.isfinite(self.smooth) and self.smooth >= 0):
+            raise DPoseError(f"--smooth must be 0 (off) or more (1 default, 2 twice as "
+                             f"smooth), got {self.smooth}.")
+        if not 0.0 <= self.low_confidence <= 1.0:
+            raise DPoseError(f"low_confidence must be between 0 and 1, got "
+                             f"{self.low_confidence}.")
+        if self.max_gap < 0:
+            raise DPoseError(f"max_gap must be 0 or more frames, got {self.max_gap}.")
+        outputs = [Path(p).expanduser() for p in self.outputs]
+        _check_outputs(inputs, outputs, video)
+        if video:
+            _check_source(inputs[0], self.start, self.end, self.stride, self.fps)
+        body_model = None
+        checkpoint = self.checkpoint
+        if estimator is None:
+            checkpoint = _check_checkpoint(self.checkpoint)
+            if self.body_model is not None:
+                from .body_model import BodyModel
+
+                body_model = BodyModel.load(self.body_model)
+        object.__setattr__(self, "inputs", inputs)
+        object.__setattr__(self, "outputs", outputs)
+        object.__setattr__(self, "person", person)
+        object.__setattr__(self, "bbox", [tuple(float(v) for v in b) for b in boxes])
+        object.__setattr__(self, "checkpoint", checkpoint)
+        object.__setattr__(self, "_loaded_body_model", body_model)
+        object.__setattr__(self, "_valid", True)
+        return self
+
+    def validated(self, estimator=None) -> RunOptions:
+        """self, validated unless nothing changed since the last validate()."""
+        return self if self._valid else self.validate(estimator=estimator)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise DPoseError(f"--{name} must be one of {', '.join(choices)}, got {value!r}.")
+
+
+def _parse_person(person) -> str | int:
+    if person in ("all", "largest"):
+        return person
+    if isinstance(person, int | np.integer) and not isinstance(person, bool) and person >= 0:
+        return int(person)
+    if isinstance(person, str) and person.isdigit():
+        return int(person)
+    raise DPoseError(f"--person must be 'all', 'largest' or a number 0, 1, ..., got {person!r}.")
+
+
+def _boxes(bbox) -> np.ndarray:
+    """() / one box / several boxes -> (K,4) float; DPoseError for anything else."""
+    if bbox is None or (not isinstance(bbox, np.ndarray) and len(bbox) == 0):
+        return np.zeros((0, 4))
+    try:
+        arr = np.asarray(bbox, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DPoseError(f"--bbox must be x0,y0,x1,y1 in pixels, got {bbox!r}.") from exc
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise DPoseError(f"--bbox must be x0,y0,x1,y1 in pixels, got {bbox!r}.")
+    for x0, y0, x1, y1 in arr:
+        if not np.all(np.isfinite([x0, y0, x1, y1])):
+            raise DPoseError(f"--bbox {x0:g},{y0:g},{x1:g},{y1:g} must be finite numbers.")
+        if not (x1 > x0 and y1 > y0):
+            raise DPoseError(f"--bbox {x0:g},{y0:g},{x1:g},{y1:g}: need x0 < x1 and y0 < y1.")
+    return arr
+
+
+def _check_frame_range(start, end, stride) -> None:
+    if not isinstance(start, int | np.integer) or start < 0:
+        raise DPoseError(f"--start must be a frame number 0 or more, got {start}.")
+    if not isinstance(stride, int | np.integer) or stride < 1:
+        raise DPoseError(f"--stride must be a whole number of at least 1, got {stride}.")
+    if end is not None and (not isinstance(end, int | np.integer) or end <= start):
+        raise DPoseError(f"--end ({end}) must be a frame number after --start ({start}).")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+
+
+def _check_outputs(inputs: list[Path], outputs: list[Path], video: bool) -> None:
+    """An output is never an input (nor an image in an input folder), never given twice."""
+    read = list(inputs)
+    if video and inputs[0].is_dir():
+        read += [p for p in inputs[0].iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+    from .atomic_io import check_writable
+
+    for k, out in enumerate(outputs):
+        if out.is_dir() or out.parent.is_dir():  # a missing folder is the caller's to make
+            check_writable(out)
+        for source in read:
+            if _same_file(out, source):
+                raise DPoseError(f"The output {out} is an input of this run; writing it would "
+                                 "destroy the input: choose another output name.")
+        for other in outputs[:k]:
+            if _same_file(out, other):
+                raise DPoseError(f"The output {out} is given twice; each output needs its own "
+                                 "file name.")
+
+
+def _check_source(path: Path, start: int, end: int | None, stride: int, fps) -> None:
+    """The frame range lies inside the video/folder (when its length is known)."""
+    from .frames import open_frames
+
+    source = open_frames(path, start=start, end=end, stride=stride, fps=fps)
+    total = source.total_frames
+    if total is not None and start >= total:
+        raise FrameError(f"--start {start} is past the end of {path}: it has {total} frame(s), "
+                         f"numbered 0 to {total - 1}.")
+
+
+def _check_checkpoint(checkpoint) -> Path:
+    from .checkpoint import checkpoint_info, resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    info = checkpoint_info(path)  # reads no tensors
+    if not info.valid:
+        raise CheckpointError(f"{path} is not the D-PoSE checkpoint: {info.problem}")
+    return path
+
+
+# ----------------------------------------------------------------------------- estimator
+def open_estimator(options: RunOptions):
+    """The Estimator the options ask for (checkpoint, backend, device, body model, batch)."""
+    from .estimator import Estimator
+
+    options = options.validated()
+    body_model = options._loaded_body_model or options.body_model
+    return Estimator(options.checkpoint, backend=options.backend, device=options.device,
+                     cache_dir=options.cache_dir, body_model=body_model,
+                     max_batch=options.batch)
+
+
+_FINITE_FIELDS = ("rotmats", "betas", "cam_t", "joints2d", "depth")
+
+
+class _CheckedEstimator:
+    """The estimator with its outputs checked: non-finite numbers raise NonFiniteOutputError.
+
+    Everything that runs the network (the person finder too) goes through this, so a damaged
+    checkpoint is an error (images) or a failed, flagged frame (videos), never NaN in a file.
+    """
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.non_finite_calls = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def _checked(self, estimate):
+        for name in _FINITE_FIELDS:
+            value = getattr(estimate, name, None)
+            if value is not None and not np.all(np.isfinite(value)):
+                self.non_finite_calls += 1
+                raise NonFiniteOutputError(
+                    f"The network returned non-finite numbers (NaN or inf) in '{name}': the "
+                    "checkpoint's weights are damaged; download paper_arxiv.ckpt again.")
+        return estimate
+
+    def estimate(self, image, boxes, focal_px=None):
+        return self._checked(self._inner.estimate(image, boxes, focal_px=focal_px))
+
+    def estimate_batch(self, images, boxes_per_image, focal_px=None):
+        return self._checked(self._inner.estimate_batch(images, boxes_per_image, focal_px))
+
+
+def _checked(estimator) -> _CheckedEstimator:
+    return estimator if isinstance(estimator, _CheckedEstimator) else _CheckedEstimator(estimator)
+
+
+def _focal(options: RunOptions, width: int, height: int) -> float | None:
+    if options.fov_deg is not None:
+        return focal_from_fov((width, height), options.fov_deg)
+    return options.focal_px
+
+
+def _outside(box: np.ndarray, width: int, height: int) -> bool:
+    x0, y0, x1, y1 = box
+    return x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height
+
+
+def _box_text(box) -> str:
+    return ",".join(f"{v:g}" for v in box)
+
+
+class UserBoxFinder:
+    """The user's box, as typed (it may reach outside the frame), on every frame."""
+
+    def __init__(self, box):
+        self.box = _boxes(box)[0]
+
+    def find(self, image: np.ndarray, hints=()) -> list:
+        from .localise import Detection
+
+        h, w = image.shape[:2]
+        if _outside(self.box, w, h):
+            raise FrameError(f"--bbox {_box_text(self.box)} lies outside the {w}x{h} frame.")
+        return [Detection(self.box.copy(), 1.0, "manual")]
+
+
+def select_people(boxes: np.ndarray, person: str | int) -> np.ndarray:
+    """Indices into `boxes` for "all" (largest first), "largest" or a number (largest = 0)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    order = np.argsort(-area, kind="stable")
+    if person == "all":
+        return order
+    if person == "largest":
+        return order[:1]
+    return order[int(person):int(person) + 1]
+
+
+def _notify(warn: Warn | None, text: str) -> None:
+    if warn is not None:
+        warn(text)
+    else:
+        log.warning(text)
+
+
+# ----------------------------------------------------------------------------- images
+@dataclass
+class ImageSkip:
+    """An input image that gave no result, and why."""
+
+    path: Path
+    message: str
+
+
+@dataclass
+class ImagesResult:
+    """People found in image files: one row per person, ordered by image.
+
+    estimate: Estimate (K rows; estimate.image_index -> paths); boxes (K,4) the person boxes
+    (xyxy px: --bbox as given, or the finder's); confidence (K,) in [0,1]; sources (K,) how
+    each person was found ("manual", "segmentation", "full-frame", ...); skipped: images that
+    gave nothing (unreadable, box outside, no such person), each also reported once by warn.
+    """
+
+    estimate: Any
+    boxes: np.ndarray
+    confidence: np.ndarray
+    sources: list[str]
+    paths: list[Path]
+    skipped: list[ImageSkip]
+    backend: str = ""
+    device: str = ""
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def rows_of_image(self, image: int) -> np.ndarray:
+        """Row numbers of the people of input image `image`."""
+        return np.flatnonzero(np.asarray(self.estimate.image_index) == image)
+
+
+def estimate_images(options: RunOptions, *, estimator=None, progress: Progress | None = None,
+                    cancel: threading.Event | None = None, warn: Warn | None = None
+                    ) -> ImagesResult:
+    """People in each image file: found (the finder's own network pass is kept, never run
+    again on an unpadded box) or the --bbox boxes; the whole image when nobody is found.
+
+    An unreadable image among several is skipped and reported once (warn); a single image
+    that cannot be used, every image failing, or non-finite network output raise.
+    """
+    from .frames import read_image
+    from .localise import make_finder
+
+    options = options.validated(estimator)
+    if options.is_video:
+        raise DPoseError("estimate_images takes image files; use estimate_video for a video "
+                         "or an image folder.")
+    net = _checked(estimator if estimator is not None else open_estimator(options))
+    paths = list(options.inputs)
+    user_boxes = options.boxes
+    finders: dict[Any, Any] = {}
+    rows: list[tuple[int, np.ndarray, float, str, Any]] = []  # image, box, conf, source, est
+    pending: list[tuple[int, np.ndarray, np.ndarray, Any]] = []  # image, pixels, boxes, focal
+    pending_rows: list[list[int]] = []
+    skipped: list[ImageSkip] = []
+
+    def run_pending() -> None:
+        if not pending:
+            return
+        est = net.estimate_batch([p[1] for p in pending], [p[2] for p in pending],
+                                 [p[3] for p in pending])
+        flat = [r for rs in pending_rows for r in rs]
+        for k, slot in enumerate(flat):
+            i, box, conf, source, _ = rows[slot]
+            rows[slot] = (i, box, conf, source, est.select(k))
+        pending.clear()
+        pending_rows.clear()
+
+    def skip(path: Path, message: str, error: type[DPoseError] = FrameError) -> None:
+        if len(paths) == 1:
+            raise error(message)
+        skipped.append(ImageSkip(path, message))
+        _notify(warn, f"skipped: {message}")
+
+    for i, path in enumerate(paths):
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("Cancelled.")
+        try:
+            image = read_image(path)
+        except FrameError as exc:
+            skip(path, str(exc))
+        else:
+            h, w = image.shape[:2]
+            focal = _focal(options, w, h)
+            people = _people_in_image(image, path, user_boxes, net, finders, focal, make_finder)
+            if isinstance(people, str):
+                skip(path, people)
+            else:
+                chosen = select_people(np.array([p[0] for p in people]).reshape(-1, 4),
+                                       options.person)
+                if len(chosen) == 0:
+                    skip(path, f"{path}: person {options.person} was asked for, but "
+                               f"{len(people)} person(s) were found (numbered from 0, largest "
+                               "first).", NoPersonError)
+                todo = []
+                for k in chosen:
+                    box, conf, source, est = people[k]
+                    rows.append((i, box, conf, source, est))
+                    if est is None:
+                        todo.append(len(rows) - 1)
+                if todo:
+                    queued = sum(len(r) for r in pending_rows)
+                    if pending and queued + len(todo) > options.batch:
+                        run_pending()
+                    pending.append((i, image, np.stack([rows[t][1] for t in todo]), focal))
+                    pending_rows.append(todo)
+        if progress is not None:
+            progress(i + 1, len(paths))
+    run_pending()
+    if len(skipped) == len(paths):
+        raise FrameError(f"None of the {len(paths)} images could be used (each is listed "
+                         "above).")
+    if not rows:
+        raise NoPersonError(f"Nobody was found in the {len(paths)} images; {BBOX_HINT}.")
+    from .estimator import Estimate
+
+    estimates = []
+    for i, _, _, _, est in rows:
+        est.image_index = np.full(len(est), i, dtype=np.int64)
+        estimates.append(est)
+    merged = Estimate(**{f.name: np.concatenate([getattr(e, f.name) for e in estimates])
+                         for f in dataclasses.fields(Estimate)})
+    return ImagesResult(
+        estimate=merged, boxes=np.stack([r[1] for r in rows]),
+        confidence=np.array([r[2] for r in rows], dtype=np.float64),
+        sources=[r[3] for r in rows], paths=paths, skipped=skipped,
+        backend=str(getattr(net, "backend", "")), device=str(getattr(net, "device", "")))
+
+
+def _people_in_image(image, path, user_boxes, net, finders, focal, make_finder):
+    """[(box, confidence, source, single-crop Estimate or None)], or a skip message."""
+    h, w = image.shape[:2]
+    if len(user_boxes):
+        for box in user_boxes:
+            if _outside(box, w, h):
+                return (f"--bbox {_box_text(box)} lies outside the {w}x{h} image {path}; "
+                        "give x0,y0,x1,y1 in pixels of the image.")
+        return [(box.copy(), 1.0, "manual", None) for box in user_boxes]
+    if focal not in finders:
+        finders[focal] = make_finder(net, "auto", focal_px=focal)
+    found = finders[focal].find(image)
+    if found:
+        return [(np.asarray(d.box, np.float64), float(d.confidence), d.source,
+                 None if d.estimate is None else d.estimate.select(d.row)) for d in found]
+    return [(np.array([0.0, 0.0, float(w), float(h)]), 0.0, "full-frame", None)]
+
+
+# ----------------------------------------------------------------------------- video
+@dataclass
+class VideoResult:
+    """Motion per person track of a video or image folder, and what the run saw.
+
+    tracks: track number -> Motion (source frame numbers in Motion.frame_indices; Motion.fps
+    is the source rate); tracker_ids: track number -> id used in FrameResult.people;
+    track_lengths: frames each track was seen; failures: frames skipped (unreadable, network
+    failure, non-finite output), each also reported once by warn; maps: with keep_maps,
+    track number -> [(source frame, kept maps)] in frame order.
+    """
+
+    tracks: dict[int, Any]
+    tracker_ids: dict[int, int]
+    track_lengths: dict[int, int]
+    failures: list
+    maps: dict[int, list[tuple[int, Any]]]
+    frames_processed: int
+    frames_total: int
+    cancelled: bool
+    fps: float
+    stride: int
+    source: Path
+    source_kind: str
+    seconds: float = 0.0
+    backend: str = ""
+    device: str = ""
+
+    @property
+    def rows_fps(self) -> float:
+        """Rate of the rows of each motion: the source rate over the stride."""
+        return self.fps / self.stride
+
+
+def _slim(estimate, row: int):
+    """One crop of an Estimate without the 23-channel logits (what the depth relief needs)."""
+    one = estimate.select(row)
+    if hasattr(one, "part_logits"):
+        one.part_logits = np.zeros((1, 0, 0, 0), np.float32)
+    return one
+
+
+def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | None = None,
+                   cancel: threading.Event | None = None, on_frame: Callable | None = None,
+                   warn: Warn | None = None, keep_maps: bool | Callable = False,
+                   finder=None) -> VideoResult:
+    """Every person's motion over one video or image folder.
+
+    on_frame(sequence.FrameResult) after each frame (failed ones too). keep_maps: False (no
+    per-pixel data: memory stays flat), True (each person-frame's Estimate without the logits:
+    depth, part_labels, crop_box, camera), or a function (estimate, row) -> anything, whose
+    result is kept instead (e.g. a subsampled depth relief). finder: a person finder to use
+    instead of the default (--bbox box, else segmentation refinement with OpenCV proposals).
+    When nobody has been found in the first NOBODY_WARNING_FRAMES frames, warn says so at once.
+    Cancelling returns the frames done so far. Raises NoPersonError when the run ends with
+    nobody, FrameError when no frame could be read or --start lies past the end,
+    NonFiniteOutputError when the network gave only non-finite numbers.
+    """
+    from .frames import open_frames
+    from .localise import make_finder
+    from .sequence import estimate_sequence
+
+    options = options.validated(estimator)
+    if not options.is_video:
+        raise DPoseError("estimate_video takes one video or image folder; use "
+                         "estimate_images for image files.")
+    net = _checked(estimator if estimator is not None else open_estimator(options))
+    path = options.inputs[0]
+    frames = open_frames(path, start=options.start, end=options.end, stride=options.stride,
+                         fps=options.fps or (DEFAULT_FOLDER_FPS if path.is_dir() else None))
+    user_boxes = options.boxes
+    focal = options.focal_px
+    if options.fov_deg is not None or len(user_boxes):
+        size = _first_frame_size(frames)
+        if size is not None:
+            if options.fov_deg is not None:
+                focal = focal_from_fov(size, options.fov_deg)
+            if len(user_boxes) and _outside(user_boxes[0], *size):
+                raise FrameError(f"--bbox {_box_text(user_boxes[0])} lies outside the "
+                                 f"{size[0]}x{size[1]} frames of {path}.")
+    if finder is None:
+        finder = (UserBoxFinder(user_boxes[0]) if len(user_boxes)
+                  else make_finder(net, "auto", focal_px=focal))
+    total = len(frames)
+    min_frames = 1 if len(user_boxes) else min(MIN_TRACK_FRAMES, total or MIN_TRACK_FRAMES)
+    maps: dict[tuple[int, int], tuple[float, Any]] = {}  # (tracker id, frame) -> (conf, data)
+    state = {"frames": 0, "people": 0, "warned": False}
+
+    def frame_done(frame) -> None:
+        state["frames"] += 1
+        if frame.error is not None:
+            _notify(warn, f"skipped: {frame.error}")
+        state["people"] += len(frame.people)
+        if (not state["warned"] and state["people"] == 0
+                and state["frames"] >= NOBODY_WARNING_FRAMES):
+            state["warned"] = True
+            _notify(warn, f"Nobody found in the first {state['frames']} frames of {path.name}; "
+                          f"if someone is there, {BBOX_HINT}.")
+        if keep_maps:
+            for person in frame.people:
+                key = (person.track_id, frame.index)
+                if key in maps and maps[key][0] >= person.confidence:
+                    continue
+                data = (keep_maps(person.estimate, person.row) if callable(keep_maps)
+                        else _slim(person.estimate, person.row))
+                maps[key] = (person.confidence, data)
+        if on_frame is not None:
+            on_frame(frame)
+
+    person = "all" if options.person in ("all", "largest") else options.person
+    started = time.perf_counter()
+    seq = estimate_sequence(
+        frames, net, finder=finder, person=person, smooth=options.smooth, progress=progress,
+        cancel=cancel, on_frame=frame_done, focal_px=focal, max_gap=options.max_gap,
+        min_track_frames=min_frames, low_confidence=options.low_confidence,
+        frame_estimates=bool(keep_maps))
+    tracks = {int(k): m for k, m in seq.items()}
+    if options.person == "largest":
+        tracks = _largest_track(tracks)
+    result = VideoResult(
+        tracks=tracks, tracker_ids=dict(seq.tracker_ids), track_lengths=dict(seq.track_lengths),
+        failures=list(seq.failures), maps={}, frames_processed=seq.frames_processed,
+        frames_total=total, cancelled=seq.cancelled, fps=frames.fps, stride=options.stride,
+        source=path, source_kind=frames.kind, seconds=time.perf_counter() - started,
+        backend=str(getattr(net, "backend", "")), device=str(getattr(net, "device", "")))
+    if keep_maps:
+        for number in tracks:
+            tid = result.tracker_ids[number]
+            result.maps[number] = sorted(((f, data) for (t, f), (_, data) in maps.items()
+                                          if t == tid), key=lambda item: item[0])
+    if not tracks and not result.cancelled:
+        _raise_nothing_found(result, options, net.non_finite_calls)
+    return result
+
+
+def _first_frame_size(frames) -> tuple[int, int] | None:
+    """(width, height) of the first readable frame of the range, None when none is."""
+    for record in frames:
+        if record.ok:
+            h, w = record.image.shape[:2]
+            return w, h
+    return None
+
+
+def _largest_track(tracks: dict) -> dict:
+    """The track whose median box area is the largest (--person largest)."""
+    if len(tracks) <= 1:
+        return dict(tracks)
+
+    def area(motion) -> float:
+        if motion.boxes is None:
+            return 0.0
+        sides = motion.boxes[:, 2:] - motion.boxes[:, :2]
+        return float(np.median(sides[:, 0] * sides[:, 1]))
+
+    best = max(tracks, key=lambda t: area(tracks[t]))
+    return {best: tracks[best]}
+
+
+def _raise_nothing_found(result: VideoResult, options: RunOptions, non_finite: int) -> None:
+    """The one right error for a run that ended with no track."""
+    src, n = result.source, result.frames_processed
+    if n == 0:
+        if options.start > 0:
+            raise FrameError(f"--start {options.start} is past the end of {src}: no frame "
+                             "was read.")
+        raise FrameError(f"No frame could be read from {src}.")
+    if len(result.failures) == n:
+        if non_finite:
+            raise NonFiniteOutputError(
+                f"The network returned non-finite numbers (NaN or inf) on {non_finite} of {n} "
+                "frames: the checkpoint's weights are damaged; download paper_arxiv.ckpt again.")
+        raise FrameError(f"None of the {n} frames of {src} could be read (each is listed "
+                         "above).")
+    raise NoPersonError(f"Nobody was found in {src} ({n} frames); {BBOX_HINT}.")
+
+
+def save_tracks(result: VideoResult, output: str | os.PathLike) -> dict[int, Path]:
+    """Write each track as an SMPL-X/AMASS .npz (atomically): `output` for one track,
+    name_track0.npz, name_track1.npz ... for several. Returns track -> path written."""
+    from .motion_io import save_motion_npz
+    from .sequence import track_output_paths
+
+    paths = track_output_paths(output, sorted(result.tracks))
+    return {track: save_motion_npz(path, result.tracks[track]) for track, path in paths.items()}
