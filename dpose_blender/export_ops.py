@@ -27,8 +27,7 @@ def export_npz(path: str | os.PathLike, motion) -> Path:
     """A Motion as an SMPL-X/AMASS .npz (dpose_core.motion_io)."""
     from ..dpose_core.motion_io import save_motion_npz
 
-    destination = Path(path)
-    return _atomic(destination, lambda tmp: save_motion_npz(tmp, motion))
+    return save_motion_npz(path, motion)  # atomic itself
 
 
 def export_fbx(path: str | os.PathLike, objects: Iterable) -> Path:

@@ -140,16 +140,7 @@ def project(
 
 
 # ------------------------------------------------------------------- Blender's camera model
-MIN_FOV_DEG, MAX_FOV_DEG = 1.0, 179.0
 BLENDER_SENSOR_MM = 36.0  # any value works; 36 mm is Blender's default full-frame width
-
-
-def focal_from_fov(image_size: tuple[int, int], fov_deg: float) -> float:
-    """Focal length in px for a field of view in degrees measured across the longer side."""
-    if not MIN_FOV_DEG <= fov_deg <= MAX_FOV_DEG:
-        raise DPoseError(f"Field of view {fov_deg} degrees is outside "
-                         f"{MIN_FOV_DEG:g}-{MAX_FOV_DEG:g} degrees.")
-    return 0.5 * max(image_size) / float(np.tan(np.radians(fov_deg) / 2.0))
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,13 @@ per-frame camera numbers), keyed by scene frame; Blender rebuilds the mesh from 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import coords
+from .atomic_io import atomic_write
 from .constants import CROP_SIZE
 
 DEFAULT_DEPTH_SCALE = 0.5  # metres per unit of sigmoid depth
@@ -138,8 +137,8 @@ def relief_geometry(frame: DepthReliefFrame,
 def save_relief_cache(path: str | Path, frames: list[DepthReliefFrame], scene_frames) -> Path:
     """Write per-frame relief data (float16 depth) to one npz keyed by scene frame.
 
-    Written to a temporary file in the same folder and renamed, so a failed write never
-    leaves a damaged cache under the name.
+    Written atomically: a failed write (OutputError) never leaves a damaged cache under the
+    name.
     """
     path = Path(path)
     if not frames:
@@ -157,16 +156,8 @@ def save_relief_cache(path: str | Path, frames: list[DepthReliefFrame], scene_fr
         image_size=np.stack([f.image_size for f in frames]),
         z_ref=np.array([f.z_ref for f in frames]),
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
     return path
 
 

@@ -1,18 +1,8 @@
 """Blender's lens, sensor fit and shift for the network's pinhole camera, without Blender."""
 
-import numpy as np
 import pytest
 
-from dpose_core.camera import blender_camera_settings, focal_from_fov
-from dpose_core.errors import DPoseError
-
-
-def test_fov_across_the_longer_side_gives_the_focal_length():
-    assert focal_from_fov((800, 600), 90.0) == pytest.approx(400.0)
-    assert focal_from_fov((600, 800), 90.0) == pytest.approx(400.0)
-    assert focal_from_fov((1000, 500), 60.0) == pytest.approx(500.0 / np.tan(np.radians(30)))
-    with pytest.raises(DPoseError, match="outside 1-179 degrees"):
-        focal_from_fov((800, 600), 0.0)
+from dpose_core.camera import blender_camera_settings
 
 
 @pytest.mark.parametrize("size, fit", [((800, 600), "HORIZONTAL"), ((480, 854), "VERTICAL")])

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from dpose_core import coords
+from dpose_core.atomic_io import OutputError
 from dpose_core.relief import (
     DepthReliefFrame,
     load_relief_cache,
@@ -76,7 +77,7 @@ def test_a_failed_cache_write_keeps_the_old_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "savez_compressed", full_disk)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OutputError, match="No space left on device"):
         save_relief_cache(path, [relief_frame(seed=3)], scene_frames=[1])
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["relief.npz"]
