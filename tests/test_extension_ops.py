@@ -72,7 +72,7 @@ def ext(installed, checkpoint_path, onnx_cache_dir):
     import importlib
 
     for name in ("panel_jobs", "scene_builder", "sequence_job", "operators", "jobs",
-                 "keyframes"):
+                 "keyframes", "headless"):
         importlib.import_module(f"{EXT}.dpose_blender.{name}")
     yield Modules()
     sys.modules[f"{EXT}.dpose_blender.jobs"].cancel_all()
@@ -703,3 +703,70 @@ def test_exports_from_the_panel_write_npz_fbx_and_bvh(ext, tmp_path):
     assert (tmp_path / "walk.npz").read_bytes() == before
     panel_log = _draw_all(ext, bpy.context)
     assert {("operator", f"dpose.export_{f}") for f in ("npz", "fbx", "bvh")} <= set(panel_log)
+
+
+# ----------------------------------------------------------------------------- one pipeline
+@pytest.fixture(scope="module")
+def astronaut_png(tmp_path_factory):
+    """A real photo shipped with scikit-image (512 x 512), written as a PNG."""
+    import cv2
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    cv2.imwrite(str(path), data.astronaut()[:, :, ::-1])
+    return path
+
+
+def test_cli_panel_and_farm_script_agree_on_a_real_photo(ext, astronaut_png, checkpoint_path,
+                                                         onnx_cache_dir, tmp_path, monkeypatch):
+    """The same photo and options, people found automatically, through the three entry
+    points: the CLI's JSON, the panel's rigs seen through the panel's camera and the farm
+    script's motion files give the same 2D joints (<= 0.5 px) and rotations (<= 1e-5)."""
+    import bpy
+
+    from dpose_core.body_model import BODY_MODEL_PREFIX, BodyModel
+    from dpose_core.camera import project
+    from dpose_core.checkpoint import load_checkpoint_arrays
+    from dpose_core.cli import main as cli_main
+    from dpose_core.motion_io import load_motion_npz
+    from dpose_core.sequence import track_output_paths
+    from dpose_core.skeleton import JOINT_NAMES
+
+    monkeypatch.setenv("DPOSE_CACHE", str(onnx_cache_dir))
+    cli_json = tmp_path / "cli.json"
+    assert cli_main(["estimate", str(astronaut_png), "--checkpoint", str(checkpoint_path),
+                     "--device", "cpu", "-o", str(cli_json)]) == 0
+    cli = json.loads(cli_json.read_text())
+    cli_rotmats, cli_joints2d = np.array(cli["rotmats"]), np.array(cli["joints2d"])[:, :55]
+    people = len(cli_rotmats)
+    assert people >= 1
+
+    # The panel: one rig per person, keyed at the current frame, and the matching camera.
+    scene = bpy.context.scene
+    scene.dpose.image_path, scene.dpose.people = str(astronaut_png), "ALL"
+    assert bpy.ops.dpose.estimate_image() == {"FINISHED"}
+    rigs = [bpy.data.objects[f"D-PoSE Person {k}"] for k in range(people)]
+    assert len(_rigs()) == people
+    scene_camera = sys.modules[f"{EXT}.dpose_blender.scene_camera"]
+    for k, rig in enumerate(rigs):
+        heads = np.array([(rig.matrix_world @ rig.pose.bones[n].head)[:] for n in JOINT_NAMES])
+        panel_2d = scene_camera.project_to_pixels(scene, scene.camera, heads)
+        assert np.abs(panel_2d - cli_joints2d[k]).max() <= 0.5
+        panel_rot = ext.keyframes.read_motion_keys(rig).rotmats[0, :22]
+        assert np.abs(panel_rot - cli_rotmats[k]).max() <= 1e-5
+
+    # The farm script: one motion file per person, named as the CLI names them.
+    npz = tmp_path / "farm.npz"
+    code = ext.headless.main(["blender", "--", "--input", str(astronaut_png),
+                              "--output", str(tmp_path / "farm.blend"), "--npz", str(npz),
+                              "--checkpoint", str(checkpoint_path), "--device", "cpu",
+                              "--cache-dir", str(onnx_cache_dir)])
+    assert code == 0
+    body = BodyModel.from_arrays(load_checkpoint_arrays(checkpoint_path, only=BODY_MODEL_PREFIX))
+    for k, path in track_output_paths(npz, list(range(people))).items():
+        motion = load_motion_npz(path)
+        assert np.abs(motion.rotmats[0, :22] - cli_rotmats[k]).max() <= 1e-5
+        joints = motion.body_output(body).joints[:, :55]
+        farm_2d = project(joints, np.zeros((1, 3)), motion.focal_px[:1],
+                          motion.principal_point[:1])[0]
+        assert np.abs(farm_2d - cli_joints2d[k]).max() <= 0.5
