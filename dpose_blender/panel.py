@@ -66,6 +66,7 @@ class DPOSE_PT_main(bpy.types.Panel):
         row.prop(s, "add_depth_plane", toggle=True)
         if s.add_depth_plane:
             layout.prop(s, "depth_scale")
+        layout.prop(s, "key_selected")
 
 
 class DPOSE_PT_image(bpy.types.Panel):
@@ -81,7 +82,6 @@ class DPOSE_PT_image(bpy.types.Panel):
         layout.prop(s, "image_path", text="")
         if not s.image_path:
             layout.label(text="Empty: the active camera's background", icon="CAMERA_DATA")
-        layout.prop(s, "key_selected")
         col = layout.column()
         col.enabled = jobs.active_job() is None or jobs.active_job().finished
         col.operator("dpose.estimate_image", icon="ARMATURE_DATA")
