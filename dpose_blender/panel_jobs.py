@@ -12,10 +12,8 @@ between jobs so the second job starts at once.
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-
-import numpy as np
 
 from ..dpose_core.errors import DPoseError
 from . import scene_builder
@@ -36,8 +34,10 @@ class PanelRequest:
         return "Image" if self.kind == "image" else "Sequence"
 
     def provenance_settings(self) -> dict:
-        run = {k: v for k, v in asdict(self.run).items()
-               if k not in ("inputs", "outputs", "checkpoint", "cache_dir")}
+        """The options that shaped the result (paths and private state left out)."""
+        skip = ("inputs", "outputs", "checkpoint", "cache_dir", "body_model")
+        run = {f.name: getattr(self.run, f.name) for f in fields(self.run)
+               if not f.name.startswith("_") and f.name not in skip}
         return {**run, **asdict(self.scene)}
 
 
@@ -278,4 +278,4 @@ def _run_facts(result) -> dict:
 
 
 def _scene_fps(scene) -> float:
-    return float(scene.render.fps / scene.render.fps_base) or float(np.float64(30.0))
+    return float(scene.render.fps / scene.render.fps_base)

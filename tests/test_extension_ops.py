@@ -350,7 +350,7 @@ def test_rig_joints_project_onto_network_joints(ext, image_file):
         assert np.abs(on_screen - centres).max() < 0.01
 
 
-def test_image_keys_onto_selected_rig_at_current_frame(ext, image_file):
+def test_image_keys_onto_selected_rig_at_current_frame(ext, image_file, body_model_npz):
     import bpy
 
     scene = bpy.context.scene
@@ -363,10 +363,13 @@ def test_image_keys_onto_selected_rig_at_current_frame(ext, image_file):
     scene.dpose.key_selected = True
     scene.dpose.image_path = ""  # now the image comes from the active camera's background
     assert ext.panel_jobs.background_image_path(scene) == str(image_file)
+    # The same SMPL-X model, now from its own file (the preferences' SMPL-X Model).
+    bpy.context.preferences.addons[EXT].preferences.body_model_path = str(body_model_npz)
     scene.frame_set(12)
     assert bpy.ops.dpose.estimate_image() == {"FINISHED"}
     assert _rigs() == [rig]
     assert _keyed_frames(ext, rig) == [1, 12]
+    assert json.loads(rig["dpose_provenance"])["settings"]["target_rig"] == rig.name
     # Nothing selected: say so instead of quietly making a new rig.
     bpy.context.view_layer.objects.active = None
     with pytest.raises(RuntimeError, match="not a D-PoSE rig"):
