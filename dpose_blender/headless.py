@@ -3,15 +3,21 @@
     blender -b [scene.blend] --python <extension>/dpose_blender/headless.py -- \\
         --input PATH --output out.blend [--npz motion.npz] [--fbx out.fbx] [--bvh out.bvh] \\
         [--checkpoint CKPT] [--device cpu|cuda|auto] [--start N] [--end N] [--stride N] \\
-        [--person all|largest|N] [--smooth S] [--fov DEG] [--mesh] [--depth-plane]
+        [--fps F] [--person all|largest|N] [--bbox X0,Y0,X1,Y1] [--smooth S] [--fov DEG] \\
+        [--mesh] [--depth-plane] [--frame-start N]
     python dpose_blender/headless.py -- ...        (same, with the bpy wheel as a module)
 
+A thin adapter, like the panel's jobs: the arguments become the core's ``RunOptions``
+(one meaning per option, checked before any work), ``dpose_core.pipeline`` estimates, the
+one scene builder (``scene_builder``) makes the rigs, and the exports are written atomically.
 It runs as a script, not as part of the package: ``bootstrap()`` finds the extension root (the
 folder above this file, holding ``__init__.py`` and ``blender_manifest.toml``), imports it as a
 package without touching ``sys.path`` (or reuses it when Blender already loaded the extension)
-and calls ``main()`` of this same module inside the package. Exit codes: 0 success, 2 bad
-input (missing checkpoint, empty input, unwritable output: one ``error:`` line), 1 a failure
-while running, 130 cancelled. Progress is printed one line per batch of frames.
+and calls ``main()`` of this same module inside the package. Exit codes: 0 success (skipped
+frames are reported with ``warning:`` lines); 2 bad input (a missing or wrong checkpoint or
+body model, an empty or unreadable input, nobody found, an output that is an input or given
+twice, an unwritable output: one ``error:`` line); 1 a failure while running; 130 cancelled.
+Progress is printed one line per batch of frames.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 PACKAGE_ALIAS = "dpose_extension"
+PROGRESS_LINES = 20  # about this many progress lines per run
 
 
 class UsageError(Exception):
@@ -46,13 +53,13 @@ def _is_blender_binary(arg0: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="headless.py",
-        description="D-PoSE: images, an image folder or a video -> SMPL-X rigs in a .blend.",
+        description="D-PoSE: an image, an image folder or a video -> SMPL-X rigs in a .blend.",
     )
     p.add_argument("--input", required=True, help="an image, a folder of images or a video file")
     p.add_argument("--output", required=True, help="the .blend file to write")
-    p.add_argument("--npz", help="also write the motion as an SMPL-X/AMASS .npz")
+    p.add_argument("--npz", help="also write the motion as an SMPL-X/AMASS .npz (one per person)")
     p.add_argument("--fbx", help="also export the rigs to FBX")
-    p.add_argument("--bvh", help="also export the first rig's animation to BVH")
+    p.add_argument("--bvh", help="also export each rig's animation to BVH (one per person)")
     p.add_argument("--checkpoint", help="paper_arxiv.ckpt (default: $DPOSE_CHECKPOINT, then the "
                    "add-on preferences, then ~/.local/share/dpose/paper_arxiv.ckpt)")
     p.add_argument("--body-model", help="SMPL-X model file (default: the checkpoint's own)")
@@ -61,15 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=0, help="first source frame (0-based)")
     p.add_argument("--end", type=int, default=None, help="stop before this source frame")
     p.add_argument("--stride", type=int, default=1, help="use every N-th frame")
+    p.add_argument("--fps", type=float, default=None,
+                   help="frame rate of the footage (default: the video's own; image folders 30)")
     p.add_argument("--person", type=_parse_person, default="all",
-                   help="'all', 'largest' or a track number")
+                   help="'all', 'largest' or a number (a track; for an image, largest first)")
     p.add_argument("--bbox", type=_parse_box, default=None, metavar="X0,Y0,X1,Y1",
-                   help="the person's box in pixels on every frame (default: find people)")
-    p.add_argument("--smooth", type=float, default=0.5, help="smoothing strength 0 (off) to 1")
+                   help="the person's box in pixels on every frame, may reach outside it "
+                        "(default: find people)")
+    p.add_argument("--smooth", type=float, default=None,
+                   help="smoothing: 0 off, 1 default, 2 twice as smooth")
     p.add_argument("--fov", type=float, default=None,
                    help="field of view in degrees across the longer image side (default: the "
                         "image diagonal as focal length, like the network)")
-    p.add_argument("--frame-start", type=int, default=1, help="scene frame of the first frame")
+    p.add_argument("--frame-start", type=int, default=1,
+                   help="scene frame of the first source frame used (--start)")
     p.add_argument("--mesh", action="store_true", help="add the skinned SMPL-X mesh")
     p.add_argument("--depth-plane", action="store_true", help="add the depth relief")
     return p
@@ -108,10 +120,25 @@ def _check_writable(path: str, what: str) -> Path:
     return target
 
 
-def validate_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fail fast, before any network work, on each input a farm job can get wrong."""
-    from ..dpose_core import frames
-    from ..dpose_core.checkpoint import checkpoint_info, resolve_checkpoint
+def run_options(args: argparse.Namespace):
+    """The core's RunOptions for these arguments (the same meaning as the CLI and panel)."""
+    from ..dpose_core.pipeline import DEFAULT_SMOOTH, RunOptions
+
+    outputs = [args.output] + [getattr(args, n) for n in ("npz", "fbx", "bvh") if getattr(args, n)]
+    return RunOptions(
+        inputs=[args.input], outputs=outputs, checkpoint=args.checkpoint,
+        body_model=args.body_model, device=args.device, cache_dir=args.cache_dir,
+        person=args.person, bbox=args.bbox or (), fov_deg=args.fov,
+        smooth=DEFAULT_SMOOTH if args.smooth is None else args.smooth, start=args.start,
+        end=args.end, stride=args.stride, fps=args.fps,
+    )
+
+
+def validate_args(args: argparse.Namespace):
+    """Fail fast, before any network work, on each input a farm job can get wrong.
+
+    Returns the validated RunOptions; raises UsageError (one line).
+    """
     from ..dpose_core.errors import DPoseError
 
     args.output = str(_check_writable(args.output, "the output .blend"))
@@ -120,35 +147,17 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     for name in ("npz", "fbx", "bvh"):
         if getattr(args, name):
             setattr(args, name, str(_check_writable(getattr(args, name), f"the {name} file")))
-    checkpoint = args.checkpoint or _checkpoint_from_preferences()
+    args.checkpoint = args.checkpoint or _checkpoint_from_preferences()
+    options = run_options(args)
     try:
-        args.checkpoint = str(resolve_checkpoint(checkpoint))
-        info = checkpoint_info(args.checkpoint)  # reads no tensors: tens of milliseconds
+        return options.validate()
     except DPoseError as exc:
-        raise UsageError(str(exc).splitlines()[0]) from exc
-    if not info.valid:
-        raise UsageError(f"{args.checkpoint} is not the D-PoSE checkpoint: {info.problem}")
-    if args.body_model and not Path(args.body_model).expanduser().is_file():
-        raise UsageError(f"no SMPL-X body model at {args.body_model}.")
-    if args.stride < 1 or args.start < 0 or (args.end is not None and args.end <= args.start):
-        raise UsageError(f"bad frame range --start {args.start} --end {args.end} "
-                         f"--stride {args.stride}: need 0 <= start < end and stride >= 1.")
-    if not 0.0 <= args.smooth <= 1.0:
-        raise UsageError(f"--smooth must be between 0 and 1, got {args.smooth}.")
-    if args.fov is not None and not 1.0 <= args.fov <= 179.0:
-        raise UsageError(f"--fov must be between 1 and 179 degrees, got {args.fov}.")
-    source = Path(args.input).expanduser()
-    if not source.exists():
-        raise UsageError(f"the input {source} does not exist.")
-    try:
-        opened = frames.open_frames(source, start=args.start, end=args.end, stride=args.stride)
-    except DPoseError as exc:
-        raise UsageError(str(exc).splitlines()[0]) from exc
-    if opened.kind != "video" and len(opened) == 0:
-        raise UsageError(f"the input {source} has no frames in the range "
-                         f"{args.start}..{args.end} (stride {args.stride}).")
-    args.input = str(source.resolve())
-    return args
+        raise UsageError(_first_line(exc)) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _checkpoint_from_preferences() -> str | None:
@@ -164,48 +173,116 @@ def _checkpoint_from_preferences() -> str | None:
     return prefs.checkpoint_path if prefs is not None and prefs.checkpoint_path else None
 
 
-def run(args: argparse.Namespace, *, out=print) -> int:
-    """Do the job with validated args; returns the exit code."""
+def _progress_printer(out, unit: str):
+    """progress(done, total) that prints about PROGRESS_LINES lines per run."""
+    def progress(done: int, total: int) -> None:
+        every = max(1, total // PROGRESS_LINES) if total else 10
+        if done == total or done % every == 0:
+            out(f"D-PoSE: {done}/{total or '?'} {unit}")
+
+    return progress
+
+
+def estimate(options, estimator, *, out=print, keep_reliefs: bool = False):
+    """The pipeline run for these options -> (takes, footage, result) for the scene builder."""
+    from ..dpose_core import pipeline
+    from ..dpose_core.frames import DEFAULT_FOLDER_FPS
+    from . import scene_builder
+
+    def warn(text: str) -> None:
+        out(f"warning: {text}")
+
+    if options.is_video:
+        result = pipeline.estimate_video(
+            options, estimator=estimator, progress=_progress_printer(out, "frames"), warn=warn,
+            keep_maps=scene_builder.relief_keeper if keep_reliefs else False)
+        return (scene_builder.takes_from_video(result),
+                scene_builder.footage_from_video(result, options.start), result)
+    result = pipeline.estimate_images(options, estimator=estimator,
+                                      progress=_progress_printer(out, "images"), warn=warn)
+    takes = scene_builder.takes_from_images(result, 0, options.fps or DEFAULT_FOLDER_FPS,
+                                            with_relief=keep_reliefs)
+    return takes, scene_builder.footage_from_images(result, 0), result
+
+
+def run(args: argparse.Namespace, options, *, out=print) -> int:
+    """Do the job with validated args and options; returns the exit code."""
+    from ..dpose_core import pipeline
+    from ..dpose_core.checkpoint import checkpoint_hash
     from ..dpose_core.errors import CancelledError, DPoseError
-    from . import sequence_job
+    from . import provenance, scene_builder
 
     try:
-        settings = sequence_job.SequenceSettings.from_namespace(args)
-        out(f"D-PoSE: loading {Path(args.checkpoint).name} ({args.device}) ...")
-        estimator = sequence_job.load_estimator(
-            args.checkpoint, device=args.device, body_model=args.body_model,
-            cache_dir=args.cache_dir,
-        )
+        out(f"D-PoSE: loading {Path(options.checkpoint).name} ({args.device}) ...")
+        estimator = pipeline.open_estimator(options)
         out(f"D-PoSE: {estimator.backend} on {estimator.device}; input {args.input}")
-        result = sequence_job.run_sequence(
-            estimator, settings, progress=lambda p: out(f"D-PoSE: {p.text()}"),
-            warn=lambda text: out(f"warning: {text}"),
-        )
-        if not result.motions:
-            out(f"error: no person was found in {args.input}.")
-            return EXIT_FAILED
-        created = sequence_job.apply_sequence_result(
-            _scene(), result, settings, estimator=estimator
-        )
-        sequence_job.save_outputs(
-            created, result, blend=args.output, npz=args.npz, fbx=args.fbx, bvh=args.bvh
-        )
+        takes, footage, result = estimate(options, estimator, out=out,
+                                          keep_reliefs=args.depth_plane)
+        scene_options = scene_builder.SceneOptions(
+            start_frame=args.frame_start, add_mesh=args.mesh, add_depth_plane=args.depth_plane,
+            collection_name=f"D-PoSE {Path(args.input).stem}",
+            relief_cache_dir=args.cache_dir or str(Path(args.output).parent))
+        record = provenance.build_record(
+            checkpoint_path=estimator.checkpoint_path,
+            checkpoint_sha256=checkpoint_hash(estimator.checkpoint_path),
+            settings=_settings(args, options, result), inputs=[footage.path],
+            backend=estimator.backend, device=estimator.device,
+            kind="sequence" if options.is_video else "image")
+        created = scene_builder.build_scene(_scene(), takes, estimator.body_model,
+                                            scene_options, footage=footage, record=record)
+        save_outputs(created, takes, args)
     except (CancelledError, KeyboardInterrupt) as exc:
         out(f"error: cancelled {exc}".rstrip())
         return EXIT_CANCELLED
-    except DPoseError as exc:
-        out(f"error: {str(exc).splitlines()[0]}")
-        return EXIT_FAILED
+    except DPoseError as exc:  # the input's fault: what to change is in the message
+        out(f"error: {_first_line(exc)}")
+        return EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - Blender exits 0 after a script's exception
         import traceback
 
         traceback.print_exc()
-        out(f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
+        out(f"error: {type(exc).__name__}: {_first_line(exc)}")
         return EXIT_FAILED
-    n_keys = sum(len(m) for m in result.motions.values())
-    out(f"D-PoSE: wrote {args.output} ({len(result.motions)} rig(s), {n_keys} posed frames, "
-        f"{len(result.failures)} frame(s) skipped)")
+    skipped = len(getattr(result, "failures", None) or getattr(result, "skipped", []))
+    n_keys = sum(len(t.motion) for t in takes)
+    out(f"D-PoSE: wrote {args.output} ({len(takes)} rig(s), {n_keys} posed frames, "
+        f"{skipped} frame(s) skipped)")
     return EXIT_OK
+
+
+def _settings(args: argparse.Namespace, options, result) -> dict:
+    settings = {k: v for k, v in vars(options).items()
+                if not k.startswith("_") and k not in ("inputs", "outputs", "checkpoint",
+                                                       "cache_dir")}
+    settings.update(mesh=args.mesh, depth_plane=args.depth_plane, frame_start=args.frame_start)
+    if hasattr(result, "failures"):
+        settings.update(frames_done=result.frames_processed, skipped=len(result.failures))
+    return {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
+
+
+def save_outputs(created: list, takes: list, args: argparse.Namespace) -> None:
+    """The requested exports, each written atomically, then the .blend.
+
+    With several people the motion and BVH files are one per person, named as the CLI names
+    them (motion_track0.npz, motion_track1.npz, ...); the .blend and the FBX hold every rig.
+    """
+    import bpy
+
+    from ..dpose_core.motion_io import save_motion_npz
+    from ..dpose_core.sequence import track_output_paths
+    from . import export_ops
+
+    rigs = [o for o in created if o.type == "ARMATURE"]
+    numbers = list(range(len(takes)))
+    if args.npz:
+        for k, path in track_output_paths(args.npz, numbers).items():
+            save_motion_npz(path, takes[k].motion)
+    if args.fbx:
+        export_ops.export_fbx(args.fbx, rigs + [o for o in created if o.type == "MESH"])
+    if args.bvh:
+        for k, path in track_output_paths(args.bvh, numbers).items():
+            export_ops.export_bvh(path, rigs[k])
+    bpy.ops.wm.save_as_mainfile(filepath=args.output)
 
 
 def _scene():
@@ -216,18 +293,20 @@ def _scene():
 
 def main(argv: list[str] | None = None, *, out=print) -> int:
     """Parse, validate and run; returns the exit code (never raises for bad input)."""
+    from ..dpose_core.cli import attach_values
+
     argv = sys.argv if argv is None else argv
     parser = build_parser()
     try:
-        args = parser.parse_args(script_args(argv))
+        args = parser.parse_args(attach_values(script_args(argv), ("--bbox",)))
     except SystemExit as exc:  # argparse already printed the usage line
         return EXIT_BAD_INPUT if exc.code else EXIT_OK
     try:
-        validate_args(args)
+        options = validate_args(args)
     except UsageError as exc:
         out(f"error: {exc}")
         return EXIT_BAD_INPUT
-    return run(args, out=out)
+    return run(args, options, out=out)
 
 
 # ------------------------------------------------------------------------ script bootstrap

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+import numpy as np
 
 from .errors import DPoseError
 
@@ -104,6 +107,21 @@ def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> P
     """Write `text` to `path` atomically (OutputError on failure)."""
     with atomic_write(path, "w", encoding=encoding) as fh:
         fh.write(text)
+    return Path(path)
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], *,
+              compressed: bool = False) -> Path:
+    """np.savez / np.savez_compressed, atomically and never with pickled objects inside.
+
+    The zip is closed on every path, so a failed write leaves nothing open behind it.
+    """
+    compression = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with atomic_write(path, "wb") as fh:
+        with zipfile.ZipFile(fh, mode="w", compression=compression, allowZip64=True) as archive:
+            for key, value in arrays.items():
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
     return Path(path)
 
 

@@ -51,21 +51,39 @@ def cmd_convert(args: argparse.Namespace) -> int:
                 f"--self-contained exports through PyTorch, which is not usable here ({exc}); "
                 "drop the flag to convert without torch."
             ) from exc
-        try:
-            export_onnx(arrays, out)
-        except OSError as exc:
-            raise DPoseError(f"Cannot write {out}: {exc.strerror or exc}.") from exc
+        _write_staged(out, lambda stage: export_onnx(arrays, stage / out.name), [out.name])
         print(f"wrote {out} (self-contained, weights embedded)")
         return EXIT_OK
     from .onnx_model import WEIGHTS_FILE, write_runtime_model
 
     weights = out.parent / WEIGHTS_FILE
-    try:
-        model = write_runtime_model(arrays, out.parent, model_name=out.name)
-    except OSError as exc:
-        raise DPoseError(f"Cannot write {out.parent}: {exc.strerror or exc}.") from exc
-    print(f"wrote {model} (graph) and {weights} (weights; keep them in the same folder)")
+    _write_staged(out, lambda stage: write_runtime_model(arrays, stage, model_name=out.name),
+                  [WEIGHTS_FILE, out.name])
+    print(f"wrote {out} (graph) and {weights} (weights; keep them in the same folder)")
     return EXIT_OK
+
+
+def _write_staged(out: Path, write, names: list[str]) -> None:
+    """write(stage) into a fresh folder beside `out`; its files then replace the targets one by
+    one (fsync, rename), so a failure (a full disk) leaves the old files as they were."""
+    import shutil
+
+    try:
+        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=".dpose-convert-"))
+    except OSError as exc:
+        raise DPoseError(f"Cannot write in {out.parent}: {exc.strerror or exc}.") from exc
+    try:
+        write(stage)
+        for name in names:
+            with open(stage / name, "rb+") as fh:
+                os.fsync(fh.fileno())
+        for name in names:
+            os.replace(stage / name, out.parent / name)
+    except OSError as exc:
+        raise DPoseError(f"Cannot write {out}: {exc.strerror or exc}; the old files, if any, "
+                         "are unchanged.") from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- estimate
@@ -137,7 +155,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _estimate_images(options, args: argparse.Namespace) -> int:
-    from .atomic_io import atomic_write, write_text
+    from .atomic_io import write_npz, write_text
     from .pipeline import estimate_images, open_estimator
 
     estimator = open_estimator(options)
@@ -161,8 +179,7 @@ def _estimate_images(options, args: argparse.Namespace) -> int:
         else:
             write_text(args.output, text)
     else:
-        with atomic_write(args.output, "wb") as fh:  # a path would get ".npz" added to ".NPZ"
-            np.savez_compressed(fh, **meta, **payload)
+        write_npz(args.output, {**meta, **payload}, compressed=True)
     if args.output is not None:
         print(f"wrote {args.output}: {len(result)} person crop(s) in {len(result.paths)} "
               f"image(s) [{estimator.backend} on {estimator.device}]", file=sys.stderr)

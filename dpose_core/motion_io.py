@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic_io import OutputError, atomic_write
+from .atomic_io import OutputError, write_npz
 from .errors import MotionFileError
 from .motion import FRAME_OPENCV_CAMERA, FRAME_WORLD_Z_UP, Motion
 from .rotations import axis_angle_to_matrix
@@ -98,8 +98,7 @@ def save_motion_npz(path: str | os.PathLike, motion: Motion) -> Path:
     except OSError as exc:
         raise OutputError(f"Cannot create the folder {path.parent}: "
                           f"{exc.strerror or exc}.") from exc
-    with atomic_write(path, "wb") as fh:
-        np.savez(fh, **arrays)
+    write_npz(path, arrays)
     return path
 
 

@@ -18,8 +18,8 @@ input gives the same numbers everywhere.
 Public API:
     RunOptions(...).validate(*, estimator=None) -> RunOptions
     open_estimator(options) -> Estimator
-    estimate_images(options, *, estimator=None, progress=None, cancel=None, warn=None)
-        -> ImagesResult
+    estimate_images(options, *, estimator=None, progress=None, cancel=None, warn=None,
+                    finder=None) -> ImagesResult
     estimate_video(options, *, estimator=None, progress=None, cancel=None, on_frame=None,
                    warn=None, keep_maps=False, finder=None) -> VideoResult
     save_tracks(result, output) -> dict[int, Path]
@@ -39,9 +39,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -53,12 +53,13 @@ from .errors import (
     NonFiniteOutputError,
     NoPersonError,
 )
-from .frames import DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from .estimator import DEFAULT_MAX_BATCH
+from .frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from .sequence import DEFAULT_LOW_CONFIDENCE, DEFAULT_MAX_GAP, MIN_TRACK_FRAMES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH = 8  # crops per network batch
+DEFAULT_BATCH = DEFAULT_MAX_BATCH  # crops per network batch
 DEFAULT_SMOOTH = 1.0  # One-Euro strength: 0 off, 1 default, 2 twice as smooth
 NOBODY_WARNING_FRAMES = 100  # say at once when nobody has been found in this many frames
 FOV_RANGE_DEG = (1.0, 179.0)
@@ -93,7 +94,7 @@ class RunOptions:
     (a box may reach outside the image; a video takes one). focal_px or fov_deg (degrees
     across the longer side) set the camera; default: focal = image diagonal. smooth: 0 off,
     1 default, 2 twice as smooth. start/end/stride: source frame numbers, end exclusive.
-    fps: override the video's rate; image folders default to DEFAULT_FOLDER_FPS.
+    fps: override the video's rate; image folders default to frames.DEFAULT_FOLDER_FPS.
     """
 
     inputs: Sequence[str | os.PathLike] = ()
@@ -115,8 +116,9 @@ class RunOptions:
     fps: float | None = None
     low_confidence: float = DEFAULT_LOW_CONFIDENCE
     max_gap: int = DEFAULT_MAX_GAP
-    _valid: bool = field(default=False, init=False, repr=False, compare=False)
-    _loaded_body_model: Any = field(default=None, init=False, repr=False, compare=False)
+    # Run state, not options (so dataclasses.asdict leaves them out): set by validate().
+    _valid: ClassVar[bool] = False
+    _loaded_body_model: ClassVar[Any] = None
 
     def __setattr__(self, name: str, value) -> None:
         if not name.startswith("_"):  # any change needs validating again
@@ -435,13 +437,15 @@ class ImagesResult:
 
 
 def estimate_images(options: RunOptions, *, estimator=None, progress: Progress | None = None,
-                    cancel: threading.Event | None = None, warn: Warn | None = None
-                    ) -> ImagesResult:
+                    cancel: threading.Event | None = None, warn: Warn | None = None,
+                    finder=None) -> ImagesResult:
     """People in each image file: found (the finder's own network pass is kept, never run
     again on an unpadded box) or the --bbox boxes; the whole image when nobody is found.
 
     An unreadable image among several is skipped and reported once (warn); a single image
     that cannot be used, every image failing, or non-finite network output raise.
+    finder: a person finder to use instead of the default (segmentation refinement with
+    OpenCV proposals); ignored when the options give boxes.
     """
     from .frames import read_image
     from .localise import make_finder
@@ -453,7 +457,7 @@ def estimate_images(options: RunOptions, *, estimator=None, progress: Progress |
     net = _checked(estimator if estimator is not None else open_estimator(options))
     paths = list(options.inputs)
     user_boxes = options.boxes
-    finders: dict[Any, Any] = {}
+    finders: dict[Any, Any] = {} if finder is None else {"given": finder}
     rows: list[tuple[int, np.ndarray, float, str, Any]] = []  # image, box, conf, source, est
     pending: list[tuple[int, np.ndarray, np.ndarray, Any]] = []  # image, pixels, boxes, focal
     pending_rows: list[list[int]] = []
@@ -541,9 +545,10 @@ def _people_in_image(image, path, user_boxes, net, finders, focal, make_finder):
                 return (f"--bbox {_box_text(box)} lies outside the {w}x{h} image {path}; "
                         "give x0,y0,x1,y1 in pixels of the image.")
         return [(box.copy(), 1.0, "manual", None) for box in user_boxes]
-    if focal not in finders:
-        finders[focal] = make_finder(net, "auto", focal_px=focal)
-    found = finders[focal].find(image)
+    key = "given" if "given" in finders else focal
+    if key not in finders:  # the finder's focal length is fixed: one finder per focal
+        finders[key] = make_finder(net, "auto", focal_px=focal)
+    found = finders[key].find(image)
     if found:
         return [(np.asarray(d.box, np.float64), float(d.confidence), d.source,
                  None if d.estimate is None else d.estimate.select(d.row)) for d in found]
@@ -619,7 +624,7 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
     net = _checked(estimator if estimator is not None else open_estimator(options))
     path = options.inputs[0]
     frames = open_frames(path, start=options.start, end=options.end, stride=options.stride,
-                         fps=options.fps or (DEFAULT_FOLDER_FPS if path.is_dir() else None))
+                         fps=options.fps)  # image folders: DEFAULT_FOLDER_FPS
     user_boxes = options.boxes
     focal = options.focal_px
     if options.fov_deg is not None or len(user_boxes):

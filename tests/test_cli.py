@@ -1,6 +1,7 @@
 """`dpose` end to end on the random checkpoint: info, convert, estimate (json + npz), doctor."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -140,9 +141,9 @@ def test_estimate_without_bbox_finds_people_or_uses_the_whole_image(
     assert np.shape(doc["crop_box"])[1] == 4
 
 
-def test_folder_input_is_delegated_to_the_sequence_engine(checkpoint_path, tmp_path, capsys):
-    """The sequence engine reads the folder with our frame arguments (random weights see no
-    person, so it ends with its own NoPersonError after processing the frames)."""
+def test_folder_with_a_box_and_a_stride(checkpoint_path, tmp_path, capsys):
+    """A folder through the video pipeline: two frames with --bbox are a track (a drawn box
+    needs no three frames), and the file's rate is the rows' rate (24 fps, stride 2 -> 12)."""
     cv2 = pytest.importorskip("cv2")
     folder = tmp_path / "clip"
     folder.mkdir()
@@ -153,11 +154,21 @@ def test_folder_input_is_delegated_to_the_sequence_engine(checkpoint_path, tmp_p
     rc = main(["estimate", str(folder), "--checkpoint", str(checkpoint_path), "--bbox",
                "60,20,220,230", "--smooth", "0", "--fps", "24", "--stride", "2",
                "-o", str(out)])  # fmt: skip
-    err = capsys.readouterr().err
-    if rc == 0:  # a person was accepted after all
-        assert out.exists()
-    else:
-        assert rc == 2 and str(folder) in err and "(2 frames)" in err  # frames 0 and 2
+    assert rc == 0, capsys.readouterr().err
+    with np.load(out) as npz:
+        np.testing.assert_array_equal(npz["dpose_frame_indices"], [0, 2])
+        assert float(npz["mocap_frame_rate"]) == 12.0 and float(npz["dpose_source_fps"]) == 24.0
+    assert "track 0: 2 frames (12 per second)" in capsys.readouterr().out
+
+
+def test_a_box_partly_outside_and_person_largest(checkpoint_path, images, tmp_path):
+    """`--bbox -80,-40,260,420` is a box, not an option; --person largest keeps the bigger."""
+    out = tmp_path / "largest.json"
+    assert main(["estimate", str(images[0]), "--checkpoint", str(checkpoint_path),
+                 "--bbox", "-80,-40,260,420", "--bbox", "100,100,160,200",
+                 "--person", "largest", "-o", str(out)]) == 0  # fmt: skip
+    doc = json.loads(out.read_text())
+    assert doc["box_center"] == [[90.0, 190.0]]  # the first box, used as given
 
 
 def test_estimate_output_folder_case_and_cuda_note(checkpoint_path, images, tmp_path, capsys):
@@ -212,7 +223,7 @@ def test_doctor_says_a_truncated_checkpoint_is_broken_not_missing(tmp_path, caps
 @pytest.mark.parametrize(
     "option", [["--start", "-1"], ["--start", "5", "--end", "2"], ["--stride", "0"],
                ["--fps", "-3"], ["--fps", "0"], ["--smooth", "-1"], ["--focal", "nan"],
-               ["--person", "-1"], ["--person", "abc"]],
+               ["--person", "-1"], ["--person", "abc"], ["--fov", "0"], ["--batch", "0"]],
 )
 def test_bad_frame_options_are_one_clear_error(option, tmp_path, capsys):
     (tmp_path / "clip").mkdir()
@@ -232,3 +243,80 @@ def test_one_bad_image_among_several_is_skipped_not_fatal(checkpoint_path, image
     assert rc == 1 and "skipped: Cannot decode image" in err and "1 of 2 images skipped" in err
     doc = json.loads(out.read_text())
     assert doc["image_index"] == [1] and doc["image_paths"][1] == str(images[0])
+
+
+@pytest.fixture(scope="module")
+def nan_checkpoint(tmp_path_factory, body_model_npz) -> Path:
+    """The random checkpoint with its first convolution's weights set to NaN."""
+    from tests.synth_checkpoint import write_random_checkpoint
+
+    def poison(state):
+        key = next(k for k in state if k.startswith("model.") and k.endswith("conv1.weight"))
+        state[key] = np.full_like(state[key], np.nan)
+
+    path = tmp_path_factory.mktemp("nan") / "paper_arxiv.ckpt"
+    return write_random_checkpoint(path, body_model_npz, seed=0, edit_state=poison)
+
+
+def _bad_inputs(tmp: Path) -> dict[str, Path]:
+    cv2 = pytest.importorskip("cv2")
+    short, broken = tmp / "short", tmp / "broken"
+    short.mkdir()
+    broken.mkdir()
+    for k in range(2):
+        cv2.imwrite(str(short / f"f{k}.png"), np.full((60, 40, 3), 90, np.uint8))
+    for k in range(3):
+        (broken / f"f{k}.png").write_bytes(b"not a png")
+    (tmp / "body.npz").write_text("not a body model")
+    return {"short": short, "broken": broken, "model": tmp / "body.npz",
+            "photo": short / "f0.png"}
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("person", ["{photo}", "--person", "tallest", "-o", "{tmp}/o.json"],
+     "--person must be 'all', 'largest' or a number"),
+    ("start", ["{short}", "--start", "9", "-o", "{tmp}/m.npz"],
+     "--start 9 is past the end of"),
+    ("body model", ["{photo}", "--body-model", "{model}", "-o", "{tmp}/o.json"],
+     "Cannot read SMPL-X file"),
+    ("unreadable", ["{broken}", "--bbox", "0,0,20,20", "-o", "{tmp}/m.npz"],
+     "None of the 3 frames of"),
+    ("nan", ["{photo}", "--bbox", "0,0,40,60", "--checkpoint", "{nan}", "-o", "{tmp}/o.json"],
+     "non-finite numbers"),
+    ("nan video", ["{short}", "--bbox", "0,0,40,60", "--checkpoint", "{nan}", "-o",
+                   "{tmp}/m.npz"], "non-finite numbers (NaN or inf) on 2 of 2 frames"),
+])
+def test_each_bad_input_is_one_line_exit_2_in_a_subprocess(case, args, message, tmp_path,
+                                                          checkpoint_path, nan_checkpoint,
+                                                          cache_dir):
+    paths = {k: str(v) for k, v in _bad_inputs(tmp_path).items()}
+    paths.update(tmp=str(tmp_path), nan=str(nan_checkpoint))
+    argv = [a.format(**paths) for a in args]
+    if "--checkpoint" not in argv:
+        argv += ["--checkpoint", str(checkpoint_path)]
+    env = {**os.environ, "DPOSE_CACHE": str(cache_dir), "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "dpose_core.cli", "estimate", *argv,
+                             "--device", "cpu"], cwd=REPO, capture_output=True, text=True,
+                            timeout=600, env=env)
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("dpose: error:")]
+    assert result.returncode == 2, result.stderr
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("o.json")) and not list(tmp_path.glob("m*.npz"))  # no output
+
+
+def test_the_add_on_runs_without_tqdm_or_colorama():
+    """The zip no longer carries tqdm/colorama: nothing the add-on or the pipeline imports
+    needs them (the CLI's bar falls back to plain lines)."""
+    script = (
+        "import sys\n"
+        "sys.modules['tqdm'] = None\n"
+        "sys.modules['colorama'] = None\n"
+        "import dpose_core.pipeline, dpose_core.sequence, dpose_core.cli\n"
+        "bar = dpose_core.cli._progress(5, 'x', 'frame')\n"
+        "bar.update(1)\n"
+        "print('ok', bar.n)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok 1", proc.stderr

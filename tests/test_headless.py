@@ -91,7 +91,8 @@ def test_missing_input_and_bad_range_fail(tmp_path, checkpoint_path, image_folde
     code, out = _run(["--input", image_folder, "--output", tmp_path / "o.blend",
                       "--checkpoint", checkpoint_path, "--stride", "0"], tmp_path)
     assert code == 2 and "stride" in out
-    for flag, value, word in (("--person", "tallest", "track number"), ("--fov", "500", "fov")):
+    for flag, value, word in (("--person", "tallest", "track number"), ("--fov", "500", "--fov"),
+                              ("--smooth", "-1", "--smooth")):
         code, out = _run(["--input", image_folder, "--output", tmp_path / "o.blend",
                           "--checkpoint", checkpoint_path, flag, value], tmp_path)
         assert code == 2 and word in out and "Traceback" not in out, out
@@ -142,16 +143,45 @@ def test_folder_to_blend_with_exports(tmp_path, checkpoint_path, image_folder, o
     assert info["inputs"] == [str(image_folder.resolve())]
 
 
-def test_failure_while_running_exits_non_zero(tmp_path, checkpoint_path, image_folder,
-                                               onnx_cache_dir):
-    """A job that runs but cannot deliver (no such person) fails with one line and code 1."""
+def test_no_such_person_is_bad_input(tmp_path, checkpoint_path, image_folder, onnx_cache_dir):
+    """A job that runs but finds no such person fails with one line and code 2 (the input's
+    fault), before anything is written."""
     code, out = _run(
         ["--input", image_folder / "frame_0000.png", "--output", tmp_path / "o.blend",
          "--checkpoint", checkpoint_path, "--device", "cpu", "--cache-dir", onnx_cache_dir,
          "--person", "3", "--bbox", "20,5,80,115"],
         tmp_path,
     )
-    assert code == 1, out
+    assert code == 2, out
     errors = [line for line in out.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Track 3" in errors[0]
-    assert not (tmp_path / "o.blend").exists()
+    assert len(errors) == 1 and "person 3 was asked for, but 1 person(s)" in errors[0]
+    assert not (tmp_path / "o.blend").exists() and "Traceback" not in out
+
+
+def test_outputs_aimed_at_the_input_or_each_other_are_refused(tmp_path, checkpoint_path,
+                                                               image_folder):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes((image_folder / "frame_0000.png").read_bytes())
+    before = photo.read_bytes()
+    code, out = _run(["--input", photo, "--output", tmp_path / "o.blend", "--bvh", photo,
+                      "--checkpoint", checkpoint_path], tmp_path)
+    assert code == 2 and "is an input of this run" in out, out
+    assert photo.read_bytes() == before
+    code, out = _run(["--input", photo, "--output", tmp_path / "o.blend",
+                      "--fbx", tmp_path / "o.blend", "--checkpoint", checkpoint_path], tmp_path)
+    assert code == 2 and "given twice" in out, out
+    assert not (tmp_path / "o.blend").exists() and "Traceback" not in out
+
+
+def test_a_folder_of_unreadable_frames_says_so(tmp_path, checkpoint_path, onnx_cache_dir):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for k in range(3):
+        (broken / f"f{k}.png").write_bytes(b"not a png")
+    code, out = _run(["--input", broken, "--output", tmp_path / "o.blend", "--checkpoint",
+                      checkpoint_path, "--device", "cpu", "--cache-dir", onnx_cache_dir,
+                      "--bbox", "-10,-10,30,30"], tmp_path)
+    assert code == 2, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "None of the 3 frames of" in errors[0]
+    assert len([ln for ln in out.splitlines() if ln.startswith("warning: skipped:")]) == 3

@@ -3,10 +3,11 @@
     python wheels/build.py                                  # all platforms, cp311 + cp313
     python wheels/build.py --platform linux-x64 --python 3.11 --output-dir dist
 
-What runs inside Blender besides Blender's own Python and numpy: ONNX Runtime (the network),
-OpenCV headless (video decoding) and tqdm, plus their dependencies (flatbuffers, packaging,
-protobuf, ...). numpy is never bundled (Blender's own always wins and the wheel would only add
-megabytes) and torch never is (the runtime does not need it). Wheels are downloaded once with
+What runs inside Blender besides Blender's own Python and numpy: ONNX Runtime (the network)
+and OpenCV headless (video decoding), plus their dependencies (flatbuffers, packaging,
+protobuf, ...); the command line's progress bar (tqdm) stays out. numpy is never bundled
+(Blender's own always wins and the wheel would only add megabytes) and torch never is (the
+runtime does not need it). Wheels are downloaded once with
 ``pip download --only-binary=:all:`` per (platform, Python) into ``wheels/downloads/`` (git-ignored)
 and reused. The source tree is staged into ``build/extension/`` with the wheels and a copy of
 ``blender_manifest.toml`` whose ``wheels`` and ``platforms`` lists are rewritten, then Blender's own
@@ -37,10 +38,7 @@ MANIFEST = "blender_manifest.toml"
 
 # Runtime requirements inside Blender. opencv 4.11 is abi3 and works with numpy 1.26 and 2.x
 # (4.12+ needs numpy 2, which Blender 4.2-5.0 do not ship).
-REQUIREMENTS = ["onnxruntime==1.31.1", "opencv-python-headless==4.11.0.86", "tqdm>=4.60"]
-# pip evaluates environment markers for the machine it runs on, not the target platform, so
-# platform-conditional dependencies must be named here (tqdm wants colorama on Windows).
-PLATFORM_EXTRAS = {"windows-x64": ["colorama"]}
+REQUIREMENTS = ["onnxruntime==1.31.1", "opencv-python-headless==4.11.0.86"]
 # onnxruntime 1.24+ ships macOS wheels for macOS 14+ only; 1.23.2 is the newest for macOS 13.
 PLATFORM_PINS = {"macos-arm64": {"onnxruntime": "onnxruntime==1.23.2"}}
 NEVER_BUNDLE = {"numpy", "torch", "onnxruntime_gpu", "onnxruntime-gpu"}
@@ -79,7 +77,6 @@ def download_wheels(platform: str, python: str, *, offline: bool = False) -> lis
     """pip-download the runtime wheels for one (platform, Python); cached by requirement list."""
     pins = PLATFORM_PINS.get(platform, {})
     reqs = [pins.get(re.split(r"[=<>!~ ]", r, maxsplit=1)[0], r) for r in REQUIREMENTS]
-    reqs += PLATFORM_EXTRAS.get(platform, [])
     folder = DOWNLOADS / f"{platform}-cp{python.replace('.', '')}"
     stamp = folder / ".requirements"
     wanted = "\n".join(reqs + PLATFORM_TAGS[platform])
