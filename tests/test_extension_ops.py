@@ -6,6 +6,7 @@ it again after the autouse factory reset. Inputs are tiny (a few 96x120 frames, 
 frame) because the random-weight network costs about a second per crop on a CPU.
 """
 
+import argparse
 import importlib
 import json
 import sys
@@ -71,8 +72,7 @@ def ext(installed, checkpoint_path, onnx_cache_dir):
 
     import importlib
 
-    for name in ("panel_jobs", "scene_builder", "sequence_job", "operators", "jobs",
-                 "keyframes", "headless"):
+    for name in ("panel_jobs", "scene_builder", "operators", "jobs", "keyframes", "headless"):
         importlib.import_module(f"{EXT}.dpose_blender.{name}")
     yield Modules()
     sys.modules[f"{EXT}.dpose_blender.jobs"].cancel_all()
@@ -555,9 +555,10 @@ def test_farm_exports_one_motion_and_bvh_file_per_person(ext, body_model_npz, tm
                                            betas=np.zeros(11), fps=25.0)
         created.append(motion_import.import_motion(motions[track], body_model, with_mesh=False,
                                                    name=f"D-PoSE Track {track}"))
-    result = ext.sequence_job.SequenceJobResult(motions=motions)
-    ext.sequence_job.save_outputs(created, result, blend=str(tmp_path / "out.blend"),
-                                  npz=str(tmp_path / "m.npz"), bvh=str(tmp_path / "m.bvh"))
+    takes = [ext.scene_builder.Take(f"D-PoSE Track {t}", motions[t]) for t in (0, 1)]
+    args = argparse.Namespace(output=str(tmp_path / "out.blend"), npz=str(tmp_path / "m.npz"),
+                              fbx=None, bvh=str(tmp_path / "m.bvh"))
+    ext.headless.save_outputs(created, takes, args)
     for track in (0, 1):
         with np.load(tmp_path / f"m_track{track}.npz", allow_pickle=False) as saved:
             np.testing.assert_allclose(saved["pose_body"][:, :3],
