@@ -606,6 +606,8 @@ class VideoResult:
     device: str = ""
     chunk: Any = None  # chunk mode: the raw solves (chunks.ChunkSolve) to write
     gaps: list[tuple[int, int]] = field(default_factory=list)  # merge: unsolved [a, b) ranges
+    provenance: dict = field(default_factory=dict)  # merge: what solved the chunks
+    first_frame: int = 0  # the shot's first source frame (the run's start)
 
     @property
     def rows_fps(self) -> float:
@@ -719,6 +721,7 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
         failures=list(seq.failures), maps={}, frames_processed=seq.frames_processed,
         frames_total=total, cancelled=seq.cancelled, fps=frames.fps, stride=options.stride,
         source=path, source_kind=frames.kind, seconds=time.perf_counter() - started,
+        first_frame=options.start,
         backend=str(getattr(net, "backend", "")), device=str(getattr(net, "device", "")))
     if keep_maps:
         for number in tracks:
@@ -816,7 +819,8 @@ def merge_video(chunk_paths: Sequence[str | os.PathLike], options: RunOptions, *
         failures=[FrameFailure(f, m) for f, m in merged.failures], maps={},
         frames_processed=len(merged.frames), frames_total=len(merged.frames), cancelled=False,
         fps=merged.fps, stride=int(solve.get("stride") or 1), source=Path(merged.source),
-        source_kind=merged.source_kind, gaps=merged.gaps, backend=str(solve.get("backend", "")))
+        source_kind=merged.source_kind, gaps=merged.gaps, backend=str(solve.get("backend", "")),
+        provenance=merged.provenance, first_frame=int(merged.frames[0]))
     if not tracks:
         raise NoPersonError(f"Nobody was found in the {len(merged.frames)} frames of the "
                             f"{len(paths)} chunks; {BBOX_HINT} when solving them.")
