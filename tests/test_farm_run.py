@@ -171,7 +171,8 @@ def test_flamenco_command_lines_build_the_blend(tmp_path, checkpoint_path, env):
                 "checkpoint": str(checkpoint_path), "device": "cpu", "person_box": BOX,
                 "smooth": 1.0, "export_fbx": False, "export_bvh": True, "strict": True}
     (tmp_path / "settings.json").write_text(json.dumps(settings))
-    compiled = subprocess.run(["node", str(HARNESS), str(JOB_TYPE), str(tmp_path / "settings.json")],
+    compiled = subprocess.run(["node", str(HARNESS), str(JOB_TYPE),
+                               str(tmp_path / "settings.json")],
                               capture_output=True, text=True, timeout=60, check=True)
     tasks = json.loads(compiled.stdout)["tasks"]
     shim = _script(tmp_path / "blender", BLENDER_SHIM)

@@ -59,7 +59,8 @@ def test_openjd_template_passes_check():
 
 def test_openjd_job_solves_every_frame_once_then_merges_all_chunks(tmp_path):
     calls = _openjd_run(tmp_path, FrameStart=10, FrameEnd=259, ChunkSize=100, ChunkOverlap=16,
-                        PersonBox="-80,-40,260,420", Strict="true", ExportFBX="true")
+                        PersonBox="-80,-40,260,420", Strict="true", ExportFBX="true",
+                        Checkpoint="/models/paper_arxiv.ckpt")
     solves = [c for c in calls if c[0] == "dpose"]
     merges = [c for c in calls if c[0] == "blender"]
     assert len(solves) == 3 and len(merges) == 1
@@ -84,13 +85,15 @@ def test_openjd_job_solves_every_frame_once_then_merges_all_chunks(tmp_path):
     assert _option(rest, "--frames") == "10-259"
     assert _option(rest, "--fbx") == str(tmp_path / "out" / "motion.fbx")
     assert "--bvh" not in rest and "--strict" in rest
+    assert _option(rest, "--checkpoint") == "/models/paper_arxiv.ckpt"
+    assert all(_option(argv, "--checkpoint") == "/models/paper_arxiv.ckpt" for argv in solves)
 
 
 def test_openjd_job_leaves_out_unset_options(tmp_path):
     calls = _openjd_run(tmp_path, FrameEnd=49, ChunkSize=100)
     solve, merge = calls
     assert "--checkpoint" not in solve and not any(a.startswith("--bbox") for a in solve)
-    assert "--strict" not in solve and "--strict" not in merge
+    assert "--strict" not in solve and "--strict" not in merge and "--checkpoint" not in merge
     assert (int(_option(solve, "--start")), int(_option(solve, "--end"))) == (0, 50)
     assert "--fbx" not in merge and "--bvh" not in merge
 
@@ -146,6 +149,7 @@ def test_flamenco_tasks_cover_every_frame_once_and_merge_depends_on_all(tmp_path
     listed = args[args.index("--merge") + 1:args.index("--frames")]
     assert listed == [f"/farm/sh010/chunks/chunk_{s:06d}.npz" for s in (5, 105, 205)]
     assert _option(args, "--bvh") == "/farm/sh010/motion.bvh" and "--fbx" not in args
+    assert _option(args, "--checkpoint") == "/models/paper_arxiv.ckpt"  # the rig's body model
 
 
 @pytest.mark.parametrize("frames", ["0-10,20-30", "30-10", "abc"])

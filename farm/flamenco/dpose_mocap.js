@@ -79,6 +79,7 @@ function compileJob(job) {
   const mergeArgs = ["--python", s.headless_script, "--", "--merge"].concat(chunkFiles,
     ["--frames", `${range[0]}-${range[1]}`, "--smooth", String(s.smooth),
      "--progress", "flamenco"], outputs);
+  if (s.checkpoint) mergeArgs.push("--checkpoint", s.checkpoint);  // the rig's body model
   if (s.strict) mergeArgs.push("--strict");
   merge.addCommand(author.Command("blender-render", {
     exe: "{blender}",
