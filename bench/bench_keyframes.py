@@ -65,7 +65,7 @@ def time_insert_loop(model: BodyModel, motion: Motion, prefill: int, frames: int
     armature = rig.build_armature(model, motion.betas)
     if prefill:
         keyframes.write_motion_keys(armature, motion.slice(0, prefill))
-    frame = rig.RigFrame.from_armature(armature)
+    frame = rig.rig_frame(armature)
     window = slice(prefill, prefill + frames)
     quats, location = frame.pose_from_smplx(motion.rotmats[window], motion.transl[window])
     bones = [armature.pose.bones[name] for name in JOINT_NAMES]

@@ -9,7 +9,7 @@
    consecutive main-thread ticks, beyond the timer interval, is the longest the UI would freeze.
    Target: < 100 ms.
 2. Overhead: frames/s of the whole Blender job (worker + draining + keying the rig at the end)
-   against frames/s of the core's ``sequence.estimate_sequence`` on the same frames, measured
+   against frames/s of the core's ``pipeline.estimate_video`` on the same frames, measured
    side by side in this run. Target: Blender overhead < 10 %.
 
 Measured (2 CPU cores, 6 frames of 180x240, ONNX Runtime CPU, one crop per frame):
@@ -24,6 +24,7 @@ network's cost does not depend on its weights).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -72,24 +73,22 @@ def main() -> int:
 
     from tests.blender_support import extension_package, import_blender_module
 
+    os.environ["DPOSE_CHECKPOINT"] = str(checkpoint)  # no preferences when registered here
+    os.environ["DPOSE_CACHE"] = str(work / "cache")
     extension_package().register()
     try:
-        sequence_job = import_blender_module("sequence_job")
+        panel_jobs = import_blender_module("panel_jobs")
         operators = import_blender_module("operators")
-        from dpose_core import sequence
+        from dpose_core import pipeline
 
-        estimator = sequence_job.load_estimator(checkpoint, device="cpu",
-                                                cache_dir=work / "cache")
-        box = (60, 10, 130, 220)  # the generated figure: same crops in both runs
-        settings = sequence_job.SequenceSettings(
-            source=str(footage), person="all", smooth=0.5, checkpoint=str(checkpoint),
-            device="cpu", cache_dir=str(work / "cache"), bbox=box,
-        )
-        from dpose_core.localise import ManualBoxFinder
+        s = bpy.context.scene.dpose
+        s.sequence_path, s.people, s.smooth = str(footage), "ALL", 1.0
+        s.use_box, s.box = True, (60, 10, 130, 220)  # the generated figure: same crops twice
+        request = panel_jobs.video_request(bpy.context)
+        estimator = panel_jobs.load_estimator(request.run)
 
         def core_run():
-            return sequence.estimate_sequence(footage, estimator, person="all", smooth=0.5,
-                                              finder=ManualBoxFinder(box), min_track_frames=1)
+            return pipeline.estimate_video(request.run, estimator=estimator)
 
         core_run()  # warm-up (first-run allocations)
         t0 = time.perf_counter()
@@ -100,7 +99,7 @@ def main() -> int:
         # The Blender job, main thread driven like the modal operator's TIMER events.
         scene = bpy.context.scene
         t0 = time.perf_counter()
-        job = operators.start_sequence_job(bpy.context, settings)
+        job = operators.start_job(bpy.context, request)
         ticks = [time.perf_counter()]
         while not job.drain():
             operators.show_progress(scene, job)
@@ -108,8 +107,7 @@ def main() -> int:
             ticks.append(time.perf_counter())
         job_s = time.perf_counter() - t0
         assert job.state == "DONE", job.error_text
-        result, _ = job.result
-        job_frames = result.frames_done
+        job_frames = job.result.result.frames_processed
         gaps = np.diff(ticks) - operators.TIMER_INTERVAL_S
         core_fps, job_fps = core_frames / core_s, job_frames / job_s
         print(f"device: {estimator.backend} / {estimator.device}; frames: {args.frames}")

@@ -12,9 +12,9 @@ _registered: list = []
 
 
 def _class_modules():
-    from . import operators, panel, preferences
+    from . import export_ops, operators, panel, preferences
 
-    return (preferences, operators, panel)
+    return (preferences, operators, export_ops, panel)
 
 
 def register() -> None:
@@ -28,6 +28,7 @@ def register() -> None:
             _registered.append(cls)
     operators.register_properties()
     operators.register_handlers()
+    operators.register_menus()
     depth_plane.register()
     preferences.refresh_checkpoint_status()
 
@@ -40,6 +41,7 @@ def unregister() -> None:
     jobs.cancel_all()
     operators.unregister_timers()
     operators.unregister_handlers()
+    operators.unregister_menus()
     depth_plane.unregister()
     operators.unregister_properties()
     while _registered:

@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="headless.py",
         description="D-PoSE: an image, an image folder or a video -> SMPL-X rigs in a .blend.",
     )
-    p.add_argument("--input", required=True, help="an image, a folder of images or a video file")
-    p.add_argument("--output", required=True, help="the .blend file to write")
+    p.add_argument("--input", help="an image, a folder of images or a video file")
+    p.add_argument("--output", help="the .blend file to write")
     p.add_argument("--npz", help="also write the motion as an SMPL-X/AMASS .npz (one per person)")
     p.add_argument("--fbx", help="also export the rigs to FBX")
     p.add_argument("--bvh", help="also export each rig's animation to BVH (one per person)")
@@ -84,6 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scene frame of the first source frame used (--start)")
     p.add_argument("--mesh", action="store_true", help="add the skinned SMPL-X mesh")
     p.add_argument("--depth-plane", action="store_true", help="add the depth relief")
+    farm = p.add_argument_group("farm chunks (see farm/README.md)")
+    farm.add_argument("--chunk-output", metavar="CHUNK.npz",
+                      help="solve frames --start..--end of --input into this chunk file of raw "
+                      "solves (no .blend)")
+    farm.add_argument("--chunk-overlap", type=int, default=0, metavar="K",
+                      help="with --chunk-output: also solve K frames before --start, to match "
+                      "people across the seam")
+    farm.add_argument("--merge", nargs="+", metavar="CHUNK.npz",
+                      help="build the .blend from these chunk files instead of --input")
+    farm.add_argument("--frames", metavar="FIRST-LAST",
+                      help="with --merge: the source frames the chunks must cover")
+    farm.add_argument("--allow-gaps", action="store_true",
+                      help="with --merge: fill and flag frames no chunk solved")
+    farm.add_argument("--strict", action="store_true",
+                      help="fail (exit 1, nothing written) when any frame was skipped or "
+                      "interpolated")
+    farm.add_argument("--progress", choices=("lines", "openjd", "flamenco"), default="lines",
+                      help="progress as plain lines, or as a farm manager reads it")
     return p
 
 
@@ -124,13 +142,12 @@ def run_options(args: argparse.Namespace):
     """The core's RunOptions for these arguments (the same meaning as the CLI and panel)."""
     from ..dpose_core.pipeline import DEFAULT_SMOOTH, RunOptions
 
-    outputs = [args.output] + [getattr(args, n) for n in ("npz", "fbx", "bvh") if getattr(args, n)]
     return RunOptions(
-        inputs=[args.input], outputs=outputs, checkpoint=args.checkpoint,
+        inputs=[args.input] if args.input else [], checkpoint=args.checkpoint,
         body_model=args.body_model, device=args.device, cache_dir=args.cache_dir,
         person=args.person, bbox=args.bbox or (), fov_deg=args.fov,
         smooth=DEFAULT_SMOOTH if args.smooth is None else args.smooth, start=args.start,
-        end=args.end, stride=args.stride, fps=args.fps,
+        end=args.end, stride=args.stride, fps=args.fps, strict=args.strict,
     )
 
 
@@ -141,17 +158,37 @@ def validate_args(args: argparse.Namespace):
     """
     from ..dpose_core.errors import DPoseError
 
-    args.output = str(_check_writable(args.output, "the output .blend"))
-    if not args.output.lower().endswith(".blend"):
-        raise UsageError(f"the output {args.output} must end in .blend.")
-    for name in ("npz", "fbx", "bvh"):
-        if getattr(args, name):
-            setattr(args, name, str(_check_writable(getattr(args, name), f"the {name} file")))
+    if (args.input is None) == (args.merge is None):
+        raise UsageError("give --input (footage to solve) or --merge (chunk files), not both.")
+    if args.chunk_output:
+        if args.merge or args.output:
+            raise UsageError("--chunk-output writes only the chunk: drop --merge and --output.")
+        args.chunk_output = str(_check_writable(args.chunk_output, "the chunk file"))
+        outputs = [args.chunk_output]
+    else:
+        if not args.output:
+            raise UsageError("--output (the .blend to write) is required.")
+        args.output = str(_check_writable(args.output, "the output .blend"))
+        if not args.output.lower().endswith(".blend"):
+            raise UsageError(f"the output {args.output} must end in .blend.")
+        for name in ("npz", "fbx", "bvh"):
+            if getattr(args, name):
+                setattr(args, name, str(_check_writable(getattr(args, name), f"the {name} file")))
+        outputs = [args.output] + [getattr(args, n) for n in ("npz", "fbx", "bvh")
+                                   if getattr(args, n)]
     args.checkpoint = args.checkpoint or _checkpoint_from_preferences()
     options = run_options(args)
     try:
+        if args.merge:
+            from ..dpose_core.cli import _parse_frames
+
+            args.frames = _parse_frames(args.frames) if args.frames else None
+            options.outputs = outputs
+            return options
+        if args.chunk_output:
+            options.outputs, options.chunk_overlap = outputs, args.chunk_overlap
         return options.validate()
-    except DPoseError as exc:
+    except (DPoseError, argparse.ArgumentTypeError) as exc:
         raise UsageError(_first_line(exc)) from exc
 
 
@@ -173,36 +210,95 @@ def _checkpoint_from_preferences() -> str | None:
     return prefs.checkpoint_path if prefs is not None and prefs.checkpoint_path else None
 
 
-def _progress_printer(out, unit: str):
-    """progress(done, total) that prints about PROGRESS_LINES lines per run."""
-    def progress(done: int, total: int) -> None:
+class _Reporter:
+    """Progress, status and failure lines: plain `D-PoSE:` lines (about PROGRESS_LINES a
+    run), or what a farm manager reads (--progress openjd|flamenco, dpose_core.farm_progress)."""
+
+    def __init__(self, style: str, out):
+        from ..dpose_core.farm_progress import FarmProgress
+
+        self.out = out
+        self.farm = None if style == "lines" else FarmProgress(style, _OutStream(out))
+
+    def progress(self, done: int, total: int) -> None:
+        if self.farm is not None:
+            self.farm(done, total)
+            return
         every = max(1, total // PROGRESS_LINES) if total else 10
         if done == total or done % every == 0:
-            out(f"D-PoSE: {done}/{total or '?'} {unit}")
+            self.out(f"D-PoSE: {done}/{total or '?'} frames")
 
-    return progress
+    def status(self, text: str) -> None:
+        self.out(f"D-PoSE: {text}")
+        if self.farm is not None and self.farm.style == "openjd":
+            self.farm.status(text)
+
+    def fail(self, reason: str) -> None:
+        self.out(f"error: {reason}")
+        if self.farm is not None and self.farm.style == "openjd":
+            self.farm.fail(reason)
 
 
-def estimate(options, estimator, *, out=print, keep_reliefs: bool = False):
+class _OutStream:
+    """A text stream over `out` (print, or a test's collector)."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def write(self, text: str) -> None:
+        self.out(text.rstrip("\n"))
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+def estimate(options, estimator, *, reporter, keep_reliefs: bool = False):
     """The pipeline run for these options -> (takes, footage, result) for the scene builder."""
     from ..dpose_core import pipeline
     from ..dpose_core.frames import DEFAULT_FOLDER_FPS
     from . import scene_builder
 
     def warn(text: str) -> None:
-        out(f"warning: {text}")
+        reporter.out(f"warning: {text}")
 
     if options.is_video:
         result = pipeline.estimate_video(
-            options, estimator=estimator, progress=_progress_printer(out, "frames"), warn=warn,
+            options, estimator=estimator, progress=reporter.progress, warn=warn,
             keep_maps=scene_builder.relief_keeper if keep_reliefs else False)
+        if result.chunk is not None:
+            return [], None, result
         return (scene_builder.takes_from_video(result),
                 scene_builder.footage_from_video(result, options.start), result)
     result = pipeline.estimate_images(options, estimator=estimator,
-                                      progress=_progress_printer(out, "images"), warn=warn)
+                                      progress=reporter.progress, warn=warn)
     takes = scene_builder.takes_from_images(result, 0, options.fps or DEFAULT_FOLDER_FPS,
                                             with_relief=keep_reliefs)
     return takes, scene_builder.footage_from_images(result, 0), result
+
+
+def merge(args: argparse.Namespace, options, *, reporter):
+    """The farm merge: chunk files -> (takes, footage, result, body model, checkpoint hash)."""
+    from ..dpose_core import pipeline
+    from ..dpose_core.checkpoint import checkpoint_hash
+    from ..dpose_core.errors import DPoseError
+    from . import scene_builder
+
+    result = pipeline.merge_video(args.merge, options, frames=args.frames,
+                                  allow_gaps=args.allow_gaps, outputs=options.outputs,
+                                  warn=lambda text: reporter.out(f"warning: {text}"))
+    solved_with = result.provenance.get("checkpoint_sha256")
+    sha = checkpoint_hash(options.checkpoint) if options.body_model is None else solved_with
+    if solved_with is not None and sha != solved_with:
+        raise DPoseError(f"The chunks were solved with another checkpoint (sha256 "
+                         f"{solved_with[:12]}...) than {options.checkpoint} ({sha[:12]}...): "
+                         "merge with the checkpoint that solved them.")
+    if not Path(result.source).exists():
+        reporter.out(f"warning: the footage {result.source} is not on this machine: the "
+                     "camera gets no background image.")
+        result.source_kind = "video"
+    takes = scene_builder.takes_from_video(result)
+    footage = scene_builder.footage_from_video(result, result.first_frame)
+    return takes, footage, result, pipeline.open_body_model(options), solved_with
 
 
 def run(args: argparse.Namespace, options, *, out=print) -> int:
@@ -210,40 +306,66 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
     from ..dpose_core import pipeline
     from ..dpose_core.checkpoint import checkpoint_hash
     from ..dpose_core.errors import CancelledError, DPoseError
+    from ..dpose_core.farm_progress import frame_ranges
     from . import provenance, scene_builder
 
+    reporter = _Reporter(args.progress, out)
     try:
-        out(f"D-PoSE: loading {Path(options.checkpoint).name} ({args.device}) ...")
-        estimator = pipeline.open_estimator(options)
-        out(f"D-PoSE: {estimator.backend} on {estimator.device}; input {args.input}")
-        takes, footage, result = estimate(options, estimator, out=out,
-                                          keep_reliefs=args.depth_plane)
+        if args.merge:
+            reporter.status(f"merging {len(args.merge)} chunk file(s)")
+            takes, footage, result, body_model, sha = merge(args, options, reporter=reporter)
+            backend, device = result.backend, "farm"
+            checkpoint_path = options.checkpoint
+        else:
+            out(f"D-PoSE: loading {Path(options.checkpoint).name} ({args.device}) ...")
+            estimator = pipeline.open_estimator(options)
+            out(f"D-PoSE: {estimator.backend} on {estimator.device}; input {args.input}")
+            takes, footage, result = estimate(options, estimator, reporter=reporter,
+                                              keep_reliefs=args.depth_plane)
+            body_model, backend, device = None, estimator.backend, estimator.device
+            checkpoint_path = estimator.checkpoint_path
+            sha = None
+        problems = result.problem_frames() if hasattr(result, "problem_frames") else []
+        if args.strict and problems:
+            reporter.fail(f"--strict: {len(problems)} frame(s) skipped or interpolated: "
+                          f"{frame_ranges(problems)}; nothing was written")
+            return EXIT_FAILED
+        if args.chunk_output:
+            from ..dpose_core.chunks import write_chunk
+
+            write_chunk(args.chunk_output, result.chunk)
+            out(f"D-PoSE: wrote {args.chunk_output} (frames {result.chunk.own_start}-"
+                f"{result.chunk.own_end - 1}, {len(result.chunk.tracks)} raw track(s))")
+            return EXIT_OK
+        body_model = body_model or estimator.body_model
         scene_options = scene_builder.SceneOptions(
-            start_frame=args.frame_start, add_mesh=args.mesh, add_depth_plane=args.depth_plane,
-            collection_name=f"D-PoSE {Path(args.input).stem}",
+            start_frame=args.frame_start, add_mesh=args.mesh,
+            add_depth_plane=args.depth_plane and not args.merge,
+            collection_name=f"D-PoSE {Path(footage.path).stem}",
             relief_cache_dir=args.cache_dir or str(Path(args.output).parent))
         record = provenance.build_record(
-            checkpoint_path=estimator.checkpoint_path,
-            checkpoint_sha256=checkpoint_hash(estimator.checkpoint_path),
+            checkpoint_path=checkpoint_path,
+            checkpoint_sha256=sha or checkpoint_hash(checkpoint_path),
             settings=_settings(args, options, result), inputs=[footage.path],
-            backend=estimator.backend, device=estimator.device,
-            kind="sequence" if options.is_video else "image")
-        created = scene_builder.build_scene(_scene(), takes, estimator.body_model,
+            backend=backend, device=device,
+            kind="sequence" if args.merge or options.is_video else "image")
+        created = scene_builder.build_scene(_scene(), takes, body_model,
                                             scene_options, footage=footage, record=record)
         save_outputs(created, takes, args)
     except (CancelledError, KeyboardInterrupt) as exc:
         out(f"error: cancelled {exc}".rstrip())
         return EXIT_CANCELLED
     except DPoseError as exc:  # the input's fault: what to change is in the message
-        out(f"error: {_first_line(exc)}")
+        reporter.fail(_first_line(exc))
         return EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - Blender exits 0 after a script's exception
         import traceback
 
         traceback.print_exc()
-        out(f"error: {type(exc).__name__}: {_first_line(exc)}")
+        reporter.fail(f"{type(exc).__name__}: {_first_line(exc)}")
         return EXIT_FAILED
-    skipped = len(getattr(result, "failures", None) or getattr(result, "skipped", []))
+    skipped = len(problems) if args.merge else len(
+        getattr(result, "failures", None) or getattr(result, "skipped", []))
     n_keys = sum(len(t.motion) for t in takes)
     out(f"D-PoSE: wrote {args.output} ({len(takes)} rig(s), {n_keys} posed frames, "
         f"{skipped} frame(s) skipped)")

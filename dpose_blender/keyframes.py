@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
-from ..dpose_core.coords import frame_to_blender
 from ..dpose_core.errors import MotionFileError
 from ..dpose_core.motion import FLAG_INTERPOLATED, FLAG_LOW_CONFIDENCE, Motion
+from ..dpose_core.rig_frames import RigFrame
 from ..dpose_core.rotations import make_quaternions_continuous
 from ..dpose_core.skeleton import JOINT_NAMES, NUM_JOINTS
 from . import anim_compat
-from .rig import ROOT_BONE, RigFrame
+from .rig import ROOT_BONE, rig_frame
 
 PROP_CONFIDENCE = "dpose_confidence"
 PROP_FLAGS = "dpose_flags"
@@ -36,6 +36,7 @@ PROP_GENDER = "dpose_gender"
 PROP_FPS = "dpose_fps"
 PROP_KEYED_RANGES = "dpose_keyed_ranges"
 MARKER_PREFIX = "D-PoSE: "
+MAX_SCENE_FRAME = 1048574  # Blender's last frame (MAXFRAME)
 DEFAULT_CONFIDENCE_THRESHOLD = 0.5
 _GROUP_ESTIMATE = "D-PoSE"
 
@@ -104,8 +105,9 @@ def write_motion_keys(
     frame range follow the motion.
     """
     scene = scene or bpy.context.scene
-    rig = RigFrame.from_armature(armature)
-    rotmats, transl = _in_rig_frame(rig, motion)
+    check_frame_range(motion, frame_offset)
+    rig = rig_frame(armature)
+    rotmats, transl = rig.motion_in_rig_frame(motion)
     frames = (frame_offset + motion.frame_indices).astype(np.float64)
     low = motion.confidence < confidence_threshold
     low |= (motion.flags & FLAG_LOW_CONFIDENCE) != 0
@@ -130,6 +132,26 @@ def write_motion_keys(
     return KeyedRange(first, last, len(frames), int(np.count_nonzero(low | interpolated)))
 
 
+def check_frame_range(motion: Motion, frame_offset: int) -> tuple[int, int]:
+    """The scene frames [first, last] the motion's keys land on; a MotionFileError when they
+    fall outside Blender's frames (0 to MAX_SCENE_FRAME), e.g. a file with huge frame numbers.
+
+    Call it before building anything, so a bad file leaves no half-built rig.
+    """
+    if len(motion) == 0:
+        raise MotionFileError("The motion has no frames to key; estimate or load a longer one.")
+    indices = np.asarray(motion.frame_indices)
+    first = int(frame_offset) + int(indices.min())
+    last = int(frame_offset) + int(indices.max())
+    if first < 0 or last > MAX_SCENE_FRAME:
+        raise MotionFileError(
+            f"The motion's frames would be keyed at scene frames {first}..{last}, outside "
+            f"Blender's 0..{MAX_SCENE_FRAME}; its frame numbers (dpose_frame_indices) are "
+            f"damaged or the start frame is too late."
+        )
+    return first, last
+
+
 def key_pose(
     armature: bpy.types.Object,
     rotmats: np.ndarray,
@@ -151,7 +173,7 @@ def key_pose(
     full[0, : rot.shape[0]] = rot
     if frame is None:
         frame = bpy.context.scene.frame_current
-    rig = RigFrame.from_armature(armature)
+    rig = rig_frame(armature)
     motion = Motion(
         rotmats=full,
         transl=np.zeros((1, 3)) if transl is None else np.reshape(transl, (1, 3)),
@@ -160,7 +182,7 @@ def key_pose(
         confidence=[confidence],
         coordinate_frame=coordinate_frame or rig.world_frame,
     )
-    rotmats_rig, transl_rig = _in_rig_frame(rig, motion)
+    rotmats_rig, transl_rig = rig.motion_in_rig_frame(motion)
     kind = "JITTER" if confidence < DEFAULT_CONFIDENCE_THRESHOLD else "KEYFRAME"
     _write(armature, rig, rotmats_rig, None if transl is None else transl_rig,
            np.array([float(frame)]), motion.confidence, motion.flags,
@@ -185,7 +207,7 @@ def read_motion_keys(
     Channels keyed at other frames are evaluated there; missing channels read as rest.
     """
     scene = scene or bpy.context.scene
-    rig = RigFrame.from_armature(armature)
+    rig = rig_frame(armature)
     root_w = anim_compat.find_fcurve(armature, rotation_path(ROOT_BONE), 0)
     if root_w is None or len(root_w.keyframe_points) == 0:
         raise ValueError(f"{armature.name!r} has no root rotation keys to read")
@@ -236,18 +258,6 @@ def _remember_range(armature: bpy.types.Object, first: int, last: int) -> None:
         else:
             merged.append([start, end])
     armature[PROP_KEYED_RANGES] = [v for pair in merged for v in pair]
-
-
-def _in_rig_frame(rig: RigFrame, motion: Motion) -> tuple[np.ndarray, np.ndarray]:
-    """rotmats and transl of `motion` re-expressed in the rig's coordinate frame."""
-    if motion.coordinate_frame == rig.world_frame:
-        return motion.rotmats, motion.transl
-    # rig_world_from_motion_world; the pelvis J_0 + transl moves rigidly with the frame.
-    change = frame_to_blender(rig.world_frame).T @ frame_to_blender(motion.coordinate_frame)
-    rotmats = motion.rotmats.copy()
-    rotmats[:, 0] = change @ rotmats[:, 0]
-    j0 = rig.rest_joints[0]
-    return rotmats, (motion.transl + j0) @ change.T - j0
 
 
 def _write(

@@ -1,8 +1,10 @@
 """Motion files onto a new rig: the plain function behind the import operator.
 
-Reads an SMPL-X motion .npz (ours, or an AMASS-style file: dpose_core.motion_io), builds an
-armature for the file's betas in the file's coordinate frame, optionally the skinned mesh,
-and keys every frame. No UI context is needed beyond a scene to put things in.
+``import_motion`` builds an armature for a Motion's betas in its coordinate frame, optionally
+the skinned mesh, and keys every frame: the primitive the scene builder uses for every rig.
+``import_motion_file`` reads an SMPL-X motion .npz (ours, or an AMASS-style file:
+dpose_core.motion_io) and builds it through the scene builder. No UI context is needed beyond
+a scene to put things in.
 """
 
 from __future__ import annotations
@@ -56,23 +58,38 @@ def import_motion_file(
     path: str | PathLike,
     body_model: BodyModel,
     *,
-    name: str | None = None,
-    with_mesh: bool = True,
-    pose_correctives: bool = False,
-    frame_offset: int = 1,
     scene: bpy.types.Scene | None = None,
-    collection: bpy.types.Collection | None = None,
-    set_scene_timing: bool = True,
-    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
-) -> bpy.types.Object:
-    """Import a motion .npz onto a new rig named after the file; returns the armature.
+    start_frame: int = 1,
+    with_mesh: bool = False,
+    name: str | None = None,
+) -> list:
+    """Import a motion .npz onto a new rig named after the file; returns the objects made.
 
-    Raises dpose_core.errors.MotionFileError for unreadable files or missing SMPL-X keys.
+    The file's source frame 0 lands on ``start_frame``. Raises MotionFileError (one line) for
+    a file that is not a motion .npz, is damaged, or whose frames Blender cannot hold; nothing
+    is built then.
     """
+    from ..dpose_core.errors import MotionFileError
+    from ..dpose_core.npz_sniff import npz_problem
+    from . import provenance, scene_builder
+
+    path = Path(path)
+    if not path.is_file():
+        raise MotionFileError(f"Motion file {path} does not exist.")
+    try:
+        problem = npz_problem(path)
+    except OSError as exc:
+        raise MotionFileError(f"Cannot read {path.name}: {exc.strerror or exc}.") from exc
+    if problem is not None:
+        raise MotionFileError(f"{path.name} is {problem}.")
     motion = load_motion_npz(path)
-    return import_motion(
-        motion, body_model, name=name or Path(path).stem, with_mesh=with_mesh,
-        pose_correctives=pose_correctives, frame_offset=frame_offset, scene=scene,
-        collection=collection, set_scene_timing=set_scene_timing,
-        confidence_threshold=confidence_threshold,
+    options = scene_builder.SceneOptions(start_frame=start_frame, add_mesh=with_mesh,
+                                         add_camera=False)
+    record = provenance.build_record(
+        checkpoint_path=None, checkpoint_sha256="", kind="import", inputs=[path],
+        settings={"start_frame": start_frame, "add_mesh": with_mesh},
+    )
+    return scene_builder.build_scene(
+        scene or bpy.context.scene, [scene_builder.Take(name or path.stem, motion)], body_model,
+        options, record=record,
     )

@@ -2,12 +2,15 @@
 
 Every operator has a synchronous ``execute()`` (headless, scripts, ``INVOKE_DEFAULT`` in
 background mode) over the same plain functions that ``invoke()`` runs in a worker thread: the
-worker does the network work (``image_estimate.estimate_image`` / ``sequence_job.run_sequence``,
-no Blender data touched), a modal operator's TIMER events drain its queue on the main thread
-and, when it ends, ``apply_*`` builds rigs, keys, camera and relief there. Esc or the panel's
-Cancel button sets the job's cancel event; a cancelled sequence still keys the frames it
-finished.
+panel's settings become a ``panel_jobs.PanelRequest`` (checked at once: a bad setting never
+starts a job), the worker runs the core pipeline (no Blender data touched), a modal operator's
+TIMER events drain its queue on the main thread and, when it ends, the scene builder makes the
+rigs, keys, camera and relief there. Esc or the panel's Cancel button sets the job's cancel
+event; a cancelled sequence still keys the frames it finished. A run that finds nobody is a
+warning with the reason, never "done".
 """
+
+from pathlib import Path
 
 import bpy
 from bpy.props import (
@@ -18,10 +21,12 @@ from bpy.props import (
     PointerProperty,
     StringProperty,
 )
+from bpy_extras.io_utils import ImportHelper
 
 from . import jobs
 
 TIMER_INTERVAL_S = 0.05
+MAX_WARNINGS_SHOWN = 5  # each skipped frame is printed; the report shows the first few
 
 PEOPLE_ITEMS = [
     ("ALL", "All", "One rig per person"),
@@ -47,111 +52,46 @@ class DPOSE_PG_settings(bpy.types.PropertyGroup):
     fov_deg: FloatProperty(name="Field of View", min=1.0, max=179.0, default=55.0,
                            subtype="NONE", description="Degrees across the longer image side")
     add_mesh: BoolProperty(name="Mesh", default=False,
-                           description="Add the skinned SMPL-X mesh to each rig")
+                           description="Add the skinned SMPL-X mesh to each rig (also for "
+                                       "Import Motion)")
     add_depth_plane: BoolProperty(name="Depth Plane", default=False,
                                   description="Add the predicted depth map as a textured relief")
     depth_scale: FloatProperty(name="Depth Scale", default=0.5, soft_min=-2.0, soft_max=2.0,
                                unit="LENGTH", description="Metres per unit of relative depth")
     key_selected: BoolProperty(
         name="Key Selected Rig", default=False,
-        description="Key the pose onto the selected D-PoSE rig at the current frame instead "
-                    "of creating a new rig")
+        description="Key the pose onto the selected D-PoSE rig instead of creating a new rig "
+                    "(one person: People set to Largest or Pick)")
     use_box: BoolProperty(name="Person Box", default=False,
                           description="Use this box (pixels) on every frame instead of "
                                       "finding people")
-    box: bpy.props.IntVectorProperty(name="Box", size=4, min=0, default=(0, 0, 100, 200),
-                                     description="x0, y0, x1, y1 in image pixels (y down)")
-    frame_first: IntProperty(name="First", min=0, default=0, description="First source frame")
+    box: bpy.props.IntVectorProperty(
+        name="Box", size=4, default=(0, 0, 100, 200),
+        description="x0, y0, x1, y1 in image pixels (y down); it may reach past the edges")
+    frame_first: IntProperty(name="First", min=0, default=0,
+                             description="First source frame used (0-based)")
     frame_last: IntProperty(name="Last", min=-1, default=-1,
-                            description="Last source frame (-1: to the end)")
+                            description="Last source frame used (-1: to the end)")
     stride: IntProperty(name="Stride", min=1, default=1, description="Use every N-th frame")
-    smooth: FloatProperty(name="Smoothing", min=0.0, max=1.0, default=0.5, subtype="FACTOR")
+    start_frame: IntProperty(
+        name="Start Frame", min=0, default=1,
+        description="Scene frame where the first source frame used is keyed (1-based, like "
+                    "the timeline); running again with the same value replaces the same "
+                    "frames, and Import Motion puts a file's frame 0 here")
+    fps: FloatProperty(name="Frame Rate", min=0.0, default=0.0,
+                       description="Frames per second of the footage; 0: the video's own "
+                                   "rate, 30 for a folder of images")
+    smooth: FloatProperty(name="Smoothing", min=0.0, soft_max=3.0, default=1.0,
+                          description="0: off, 1: the default, 2: twice as smooth")
     # Read by the panel while a job runs (written on the main thread only).
     job_label: StringProperty(default="")
     job_text: StringProperty(default="")
     job_fraction: FloatProperty(default=0.0, min=0.0, max=1.0)
     last_report: StringProperty(default="")
+    last_report_level: StringProperty(default="INFO")  # INFO, WARNING or ERROR: the icon
 
 
 # ----------------------------------------------------------------------------- helpers
-def scene_settings(context) -> DPOSE_PG_settings:
-    return context.scene.dpose
-
-
-def _prefs(context):
-    from .preferences import get_preferences
-
-    return get_preferences(context)
-
-
-def estimator_options(context) -> dict:
-    """Checkpoint/device/cache/body model from the preferences (or $DPOSE_CHECKPOINT)."""
-    from .preferences import default_cache_dir
-
-    prefs = _prefs(context)
-    if prefs is None:
-        return {"checkpoint": None, "device": "auto", "body_model": None,
-                "cache_dir": default_cache_dir()}
-    return {
-        "checkpoint": bpy.path.abspath(prefs.checkpoint_path) or None,
-        "device": prefs.device.lower(),
-        "body_model": bpy.path.abspath(prefs.body_model_path) or None,
-        "cache_dir": bpy.path.abspath(prefs.cache_dir) if prefs.cache_dir else default_cache_dir(),
-    }
-
-
-def _person_choice(s: DPOSE_PG_settings):
-    return {"ALL": "all", "LARGEST": "largest"}.get(s.people, int(s.person_index))
-
-
-def image_settings(context):
-    from .image_estimate import ImageSettings, background_image_path
-
-    s = scene_settings(context)
-    path = bpy.path.abspath(s.image_path) if s.image_path else background_image_path(
-        context.scene)
-    target = None
-    if s.key_selected:
-        obj = context.active_object
-        from .rig import PROP_RIG
-
-        if obj is None or obj.type != "ARMATURE" or PROP_RIG not in obj:
-            raise ValueError("Key Selected Rig is on but the active object is not a D-PoSE "
-                             "rig: select one, or turn the option off to make a new rig.")
-        target = obj.name
-    return ImageSettings(
-        image_path=path or "",
-        person=_person_choice(s),
-        fov_deg=s.fov_deg if s.focal_mode == "FOV" else None,
-        add_mesh=s.add_mesh,
-        add_depth_plane=s.add_depth_plane,
-        depth_scale=s.depth_scale,
-        target_rig=target,
-        **estimator_options(context),
-    )
-
-
-def sequence_settings(context):
-    from .sequence_job import SequenceSettings
-
-    s = scene_settings(context)
-    return SequenceSettings(
-        source=bpy.path.abspath(s.sequence_path),
-        start=s.frame_first,
-        end=None if s.frame_last < 0 else s.frame_last + 1,
-        stride=s.stride,
-        person=_person_choice(s),
-        smooth=s.smooth,
-        fov_deg=s.fov_deg if s.focal_mode == "FOV" else None,
-        add_mesh=s.add_mesh,
-        add_depth_plane=s.add_depth_plane,
-        depth_scale=s.depth_scale,
-        frame_start=context.scene.frame_start,
-        bbox=tuple(s.box) if s.use_box else None,
-        **estimator_options(context),
-    )
-
-
 def _tag_redraw(context=None) -> None:
     wm = bpy.context.window_manager if context is None else context.window_manager
     for window in wm.windows:
@@ -168,105 +108,68 @@ def show_progress(scene, job: jobs.Job) -> None:
     s.job_label = job.label
 
 
+def set_report(scene, text: str, level: str = "INFO") -> None:
+    """The panel's status line (replaces the previous job's)."""
+    scene.dpose.last_report, scene.dpose.last_report_level = text, level
+
+
 # ------------------------------------------------------------------ job start / finish
-def start_image_job(context, settings) -> jobs.Job:
-    """Run ``estimate_image`` in a worker; ``apply_image_result`` when drained to the end."""
-    from . import image_estimate
+def start_job(context, request) -> jobs.Job:
+    """Run the request's pipeline call in a worker; build the scene when it is drained."""
+    from . import panel_jobs
 
     scene = context.scene
-
-    def work(ctx: jobs.JobContext):
-        ctx.progress(0, 1, "loading the network")
-        return image_estimate.estimate_image(settings, progress=ctx.progress, warn=ctx.warn)
-
-    def finish(job: jobs.Job) -> None:
-        if job.state == jobs.DONE:
-            _apply_or_roll_back(job, scene, lambda: image_estimate.apply_image_result(
-                scene, job.result, settings))
-        _finish_message(scene, job)
-
-    return _start(context, "Image", work, finish)
-
-
-def start_sequence_job(context, settings) -> jobs.Job:
-    """Run ``run_sequence`` in a worker; key whatever finished when it ends or is cancelled."""
-    from . import sequence_job
-
-    scene = context.scene
-
-    def work(ctx: jobs.JobContext):
-        ctx.progress(0, 0, "loading the network")
-        estimator = sequence_job.load_estimator(
-            settings.checkpoint, device=settings.device, body_model=settings.body_model,
-            cache_dir=settings.cache_dir,
-        )
-        return sequence_job.run_sequence(
-            estimator, settings, progress=lambda p: ctx.progress(p.done, p.total, ""),
-            cancel=ctx.cancel_event, warn=ctx.warn,
-        ), estimator
+    run = panel_jobs.run_image if request.kind == "image" else panel_jobs.run_video
 
     def finish(job: jobs.Job) -> None:
         if job.result is not None and job.state in (jobs.DONE, jobs.CANCELLED):
-            result, estimator = job.result
-            _apply_or_roll_back(job, scene, lambda: sequence_job.apply_sequence_result(
-                scene, result, settings, estimator=estimator))
+            try:
+                job.created = panel_jobs.build(scene, request, job.result)
+            except Exception as exc:  # noqa: BLE001 - the builder already restored the scene
+                import traceback
+
+                job.error_text = traceback.format_exc()
+                print(job.error_text)
+                job.state, job.error = jobs.FAILED, exc
         _finish_message(scene, job)
 
-    return _start(context, "Sequence", work, finish)
-
-
-def _apply_or_roll_back(job: jobs.Job, scene, apply) -> None:
-    """Build the result, or on any error remove what was built and mark the job failed.
-
-    Runs inside ``Job.drain`` on the main thread (a modal TIMER event or ``execute()``): an
-    exception escaping from here would leave a half-built scene, the modal timer registered
-    and a traceback instead of a report.
-    """
-    import traceback
-
-    from .rollback import SceneSnapshot
-
-    snapshot = SceneSnapshot(scene)
-    try:
-        job.created = apply()
-    except Exception as exc:  # noqa: BLE001 - any failure: the scene goes back as it was
-        job.error_text = traceback.format_exc()
-        print(job.error_text)
-        snapshot.restore()
-        job.created = []
-        job.state, job.error = jobs.FAILED, exc
-
-
-def _start(context, label, work, finish) -> jobs.Job:
     running = jobs.active_job()
     if running is not None and not running.finished:
         raise RuntimeError("A D-PoSE job is already running: cancel it or wait for it.")
-    scene = context.scene
-    job = jobs.Job(work, label=label, on_finish=finish,
+    job = jobs.Job(lambda ctx: run(request, ctx), label=request.label, on_finish=finish,
                    on_warning=lambda text: print(f"D-PoSE warning: {text}"))
     job.created = []
     jobs.set_active_job(job)
-    scene.dpose.job_label, scene.dpose.job_text, scene.dpose.job_fraction = label, "starting", 0
+    set_report(scene, "")
+    s = scene.dpose
+    s.job_label, s.job_text, s.job_fraction = request.label, "starting", 0.0
     return job.start()
 
 
 def _finish_message(scene, job: jobs.Job) -> None:
-    s = scene.dpose
-    skipped = f", {len(job.warnings)} frame(s) skipped" if job.warnings else ""
-    if job.state == jobs.DONE:
-        s.last_report = f"{job.label}: done{skipped}"
+    from ..dpose_core.errors import NoPersonError
+    from .panel_jobs import panel_message
+
+    outcome = job.result
+    skipped = outcome.skipped if outcome is not None else 0
+    tail = f", {skipped} frame(s) skipped" if skipped else ""
+    rigs = len([o for o in job.created if o.type == "ARMATURE"])
+    if job.state == jobs.FAILED and isinstance(job.error, NoPersonError):
+        set_report(scene, f"{job.label}: nothing created: {panel_message(job.error)}", "WARNING")
+    elif job.state == jobs.FAILED:
+        set_report(scene, f"{job.label} failed: {panel_message(job.error)}", "ERROR")
+    elif job.state == jobs.CANCELLED and rigs:
+        set_report(scene, f"{job.label}: cancelled, keyed the {outcome.result.frames_processed} "
+                          f"frame(s) done{tail}", "WARNING")
     elif job.state == jobs.CANCELLED:
-        s.last_report = f"{job.label}: cancelled, kept the processed frames{skipped}"
+        set_report(scene, f"{job.label}: cancelled before anyone was keyed{tail}", "WARNING")
     else:
-        s.last_report = f"{job.label} failed: {_first_line(job.error)}"
+        set_report(scene, f"{job.label}: done, {rigs} rig(s){tail}")
+    s = scene.dpose
     s.job_label = s.job_text = ""
     s.job_fraction = 0.0
     if jobs.active_job() is job:
         jobs.set_active_job(None)
-
-
-def _first_line(exc) -> str:
-    return str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else repr(exc)
 
 
 def run_job_blocking(job: jobs.Job) -> jobs.Job:
@@ -280,22 +183,31 @@ _TIMERS: list = []  # (window_manager, timer) held by running modal operators
 
 
 class _JobOperator:
-    """Shared invoke/modal: start the worker, drain on TIMER, Esc cancels."""
+    """Shared invoke/modal: check the settings, start the worker, drain on TIMER, Esc cancels."""
 
     _job = None  # jobs.Job, set by invoke()
     _timer = None
+    _label = ""
 
-    def _settings(self, context):
+    def _request(self, context):
         raise NotImplementedError
 
-    def _starter(self):
-        raise NotImplementedError
+    def _start(self, context):
+        """The started job, or None after reporting why it could not start."""
+        from ..dpose_core.errors import DPoseError
+        from .panel_jobs import panel_message
+
+        try:
+            return start_job(context, self._request(context))
+        except (DPoseError, RuntimeError, ValueError, OSError) as exc:
+            text = panel_message(exc)
+            set_report(context.scene, f"{self._label} did not start: {text}", "ERROR")
+            self.report({"ERROR"}, text)
+            return None
 
     def execute(self, context):
-        try:
-            job = self._starter()(context, self._settings(context))
-        except (RuntimeError, ValueError, OSError) as exc:
-            self.report({"ERROR"}, str(exc))
+        job = self._start(context)
+        if job is None:
             return {"CANCELLED"}
         run_job_blocking(job)
         return self._report_end(job)
@@ -303,10 +215,8 @@ class _JobOperator:
     def invoke(self, context, event):
         if bpy.app.background or context.window is None:
             return self.execute(context)
-        try:
-            self._job = self._starter()(context, self._settings(context))
-        except (RuntimeError, ValueError, OSError) as exc:
-            self.report({"ERROR"}, str(exc))
+        self._job = self._start(context)
+        if self._job is None:
             return {"CANCELLED"}
         wm = context.window_manager
         self._timer = wm.event_timer_add(TIMER_INTERVAL_S, window=context.window)
@@ -336,13 +246,14 @@ class _JobOperator:
             self._timer = None
 
     def _report_end(self, job: jobs.Job):
-        for text in job.warnings:
+        for text in job.warnings[:MAX_WARNINGS_SHOWN]:
             self.report({"WARNING"}, text)
-        if job.state == jobs.FAILED:
-            self.report({"ERROR"}, f"D-PoSE: {_first_line(job.error)}")
-            return {"CANCELLED"}
-        self.report({"INFO"}, bpy.context.scene.dpose.last_report or "D-PoSE: done")
-        return {"FINISHED"}
+        if len(job.warnings) > MAX_WARNINGS_SHOWN:
+            self.report({"WARNING"}, f"... and {len(job.warnings) - MAX_WARNINGS_SHOWN} more "
+                                     f"(see the system console)")
+        s = bpy.context.scene.dpose
+        self.report({s.last_report_level}, s.last_report)
+        return {"FINISHED"} if job.created else {"CANCELLED"}
 
 
 class DPOSE_OT_estimate_image(_JobOperator, bpy.types.Operator):
@@ -351,15 +262,12 @@ class DPOSE_OT_estimate_image(_JobOperator, bpy.types.Operator):
     bl_idname = "dpose.estimate_image"
     bl_label = "Estimate Pose from Image"
     bl_options = {"REGISTER", "UNDO"}
+    _label = "Image"
 
-    def _settings(self, context):
-        settings = image_settings(context)
-        if not settings.image_path:
-            raise ValueError("Choose an image (or give the active camera a background image).")
-        return settings
+    def _request(self, context):
+        from .panel_jobs import image_request
 
-    def _starter(self):
-        return start_image_job
+        return image_request(context)
 
 
 class DPOSE_OT_estimate_sequence(_JobOperator, bpy.types.Operator):
@@ -368,15 +276,12 @@ class DPOSE_OT_estimate_sequence(_JobOperator, bpy.types.Operator):
     bl_idname = "dpose.estimate_sequence"
     bl_label = "Video / Sequence to Keyframes"
     bl_options = {"REGISTER", "UNDO"}
+    _label = "Sequence"
 
-    def _settings(self, context):
-        settings = sequence_settings(context)
-        if not scene_settings(context).sequence_path:
-            raise ValueError("Choose a video file or a folder of images.")
-        return settings
+    def _request(self, context):
+        from .panel_jobs import video_request
 
-    def _starter(self):
-        return start_sequence_job
+        return video_request(context)
 
 
 class DPOSE_OT_cancel_job(bpy.types.Operator):
@@ -395,33 +300,42 @@ class DPOSE_OT_cancel_job(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class DPOSE_OT_import_motion(bpy.types.Operator):
+class DPOSE_OT_import_motion(bpy.types.Operator, ImportHelper):
     """Import an SMPL-X / AMASS motion .npz as a keyed D-PoSE rig"""
 
     bl_idname = "dpose.import_motion"
     bl_label = "Import Motion (.npz)"
     bl_options = {"REGISTER", "UNDO"}
 
-    filepath: StringProperty(subtype="FILE_PATH")
+    filename_ext = ".npz"
     filter_glob: StringProperty(default="*.npz", options={"HIDDEN"})
+    add_mesh: BoolProperty(name="Mesh", default=False,
+                           description="Add the skinned SMPL-X mesh (default: the panel's Mesh "
+                                       "option)")
 
     def invoke(self, context, event):
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
+        if not self.properties.is_property_set("add_mesh"):
+            self.add_mesh = context.scene.dpose.add_mesh
+        return ImportHelper.invoke(self, context, event)
 
     def execute(self, context):
         from ..dpose_core.errors import DPoseError
         from . import motion_import
 
+        s = context.scene.dpose
+        with_mesh = self.add_mesh if self.properties.is_property_set("add_mesh") else s.add_mesh
+        path = bpy.path.abspath(self.filepath)
+        set_report(context.scene, "")
         try:
-            body_model = body_model_for(context)
-            motion_import.import_motion_file(
-                bpy.path.abspath(self.filepath), body_model, with_mesh=False,
-                scene=context.scene,
-            )
+            created = motion_import.import_motion_file(
+                path, body_model_for(context), scene=context.scene, start_frame=s.start_frame,
+                with_mesh=with_mesh)
         except DPoseError as exc:
-            self.report({"ERROR"}, str(exc).splitlines()[0])
+            text = str(exc).strip().splitlines()[0]
+            set_report(context.scene, f"Import failed: {text}", "ERROR")
+            self.report({"ERROR"}, text)
             return {"CANCELLED"}
+        set_report(context.scene, f"Imported {created[0].name} from {Path(path).name}")
         return {"FINISHED"}
 
 
@@ -433,12 +347,18 @@ def body_model_for(context):
     """
     from ..dpose_core.body_model import BODY_MODEL_PREFIX, BodyModel
     from ..dpose_core.checkpoint import load_checkpoint_arrays, resolve_checkpoint
+    from .panel_jobs import estimator_settings
 
-    opts = estimator_options(context)
-    if opts["body_model"]:
-        return BodyModel.load(opts["body_model"])
-    arrays = load_checkpoint_arrays(resolve_checkpoint(opts["checkpoint"]), only=BODY_MODEL_PREFIX)
+    settings = estimator_settings(context)
+    if settings["body_model"]:
+        return BodyModel.load(settings["body_model"])
+    arrays = load_checkpoint_arrays(resolve_checkpoint(settings["checkpoint"]),
+                                    only=BODY_MODEL_PREFIX)
     return BodyModel.from_arrays(arrays)
+
+
+def menu_import(self, context) -> None:
+    self.layout.operator(DPOSE_OT_import_motion.bl_idname, text="D-PoSE Motion (.npz)")
 
 
 classes = (
@@ -470,6 +390,20 @@ def abandon_job_on_file_load(*_args) -> None:
     if job is not None:
         job.abandon()
         jobs.set_active_job(None)
+
+
+def register_menus() -> None:
+    from .export_ops import menu_export
+
+    bpy.types.TOPBAR_MT_file_import.append(menu_import)
+    bpy.types.TOPBAR_MT_file_export.append(menu_export)
+
+
+def unregister_menus() -> None:
+    from .export_ops import menu_export
+
+    bpy.types.TOPBAR_MT_file_import.remove(menu_import)
+    bpy.types.TOPBAR_MT_file_export.remove(menu_export)
 
 
 def register_handlers() -> None:

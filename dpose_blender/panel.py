@@ -4,6 +4,8 @@ import bpy
 
 from . import jobs
 
+_REPORT_ICONS = {"INFO": "INFO", "WARNING": "ERROR", "ERROR": "CANCEL"}
+
 
 def _draw_status(layout, context) -> None:
     from .preferences import get_preferences
@@ -48,7 +50,9 @@ class DPOSE_PT_main(bpy.types.Panel):
         running = draw_progress(layout, context)
         s = context.scene.dpose
         if s.last_report and not running:
-            layout.label(text=s.last_report, icon="INFO")
+            row = layout.row()
+            row.alert = s.last_report_level == "ERROR"
+            row.label(text=s.last_report, icon=_REPORT_ICONS.get(s.last_report_level, "INFO"))
 
         col = layout.column(align=True)
         col.prop(s, "people")
@@ -62,6 +66,7 @@ class DPOSE_PT_main(bpy.types.Panel):
         row.prop(s, "add_depth_plane", toggle=True)
         if s.add_depth_plane:
             layout.prop(s, "depth_scale")
+        layout.prop(s, "key_selected")
 
 
 class DPOSE_PT_image(bpy.types.Panel):
@@ -77,7 +82,6 @@ class DPOSE_PT_image(bpy.types.Panel):
         layout.prop(s, "image_path", text="")
         if not s.image_path:
             layout.label(text="Empty: the active camera's background", icon="CAMERA_DATA")
-        layout.prop(s, "key_selected")
         col = layout.column()
         col.enabled = jobs.active_job() is None or jobs.active_job().finished
         col.operator("dpose.estimate_image", icon="ARMATURE_DATA")
@@ -97,8 +101,11 @@ class DPOSE_PT_sequence(bpy.types.Panel):
         row = layout.row(align=True)
         row.prop(s, "frame_first")
         row.prop(s, "frame_last")
-        layout.prop(s, "stride")
-        layout.prop(s, "smooth", slider=True)
+        row = layout.row(align=True)
+        row.prop(s, "stride")
+        row.prop(s, "fps")
+        layout.prop(s, "start_frame")
+        layout.prop(s, "smooth")
         row = layout.row(align=True)
         row.prop(s, "use_box", text="")
         sub = row.row(align=True)
@@ -107,7 +114,24 @@ class DPOSE_PT_sequence(bpy.types.Panel):
         col = layout.column()
         col.enabled = jobs.active_job() is None or jobs.active_job().finished
         col.operator("dpose.estimate_sequence", icon="RENDER_ANIMATION")
+
+
+class DPOSE_PT_files(bpy.types.Panel):
+    """Motion files in and out: import an .npz, export the active rig."""
+
+    bl_label = "Import / Export"
+    bl_parent_id = "DPOSE_PT_main"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "D-PoSE"
+
+    def draw(self, context):
+        layout = self.layout
         layout.operator("dpose.import_motion", icon="IMPORT")
+        col = layout.column(align=True)
+        col.operator("dpose.export_npz", icon="EXPORT")
+        col.operator("dpose.export_fbx", icon="EXPORT")
+        col.operator("dpose.export_bvh", icon="EXPORT")
 
 
-classes = (DPOSE_PT_main, DPOSE_PT_image, DPOSE_PT_sequence)
+classes = (DPOSE_PT_main, DPOSE_PT_image, DPOSE_PT_sequence, DPOSE_PT_files)

@@ -22,7 +22,7 @@ PROP_KIND = "dpose_kind"
 
 def build_record(
     *,
-    checkpoint_path: str | Path,
+    checkpoint_path: str | Path | None,
     checkpoint_sha256: str,
     settings: Mapping[str, Any],
     inputs: Iterable[str | Path],
@@ -30,12 +30,16 @@ def build_record(
     device: str = "",
     kind: str = "",
 ) -> dict[str, Any]:
-    """A JSON-ready provenance dict (absolute paths, sorted settings, UTC time)."""
+    """A JSON-ready provenance dict (absolute paths, sorted settings, UTC time).
+
+    checkpoint_path is None for what no network made (an imported motion file).
+    """
     return {
         "tool": "D-PoSE for Blender",
         "version": _extension_version(),
         "kind": kind,
-        "checkpoint": str(Path(checkpoint_path).expanduser().resolve()),
+        "checkpoint": (str(Path(checkpoint_path).expanduser().resolve())
+                       if checkpoint_path else ""),
         "checkpoint_sha256": checkpoint_sha256,
         "backend": backend,
         "device": device,

@@ -1,80 +1,23 @@
 """The Blender camera that matches the network's pinhole camera, so rigs line up with footage.
 
-D-PoSE solves with an OpenCV pinhole camera: u = fx * X / Z + cx, v = fy * Y / Z + cy, focal
-length = image diagonal unless given, principal point = image centre. Blender describes the same
-camera with a lens in millimetres over a sensor: with the sensor fitted to the image's longer side
-(``sensor_fit`` HORIZONTAL for landscape, VERTICAL for portrait, both sensor sides equal)
-``lens_mm = focal_px * sensor_mm / max(w, h)``, the render resolution is the image size and a
-principal point off the centre becomes a lens shift in units of the longer side. The camera sits at
-the world origin with the rotation that ``coords.OPENCV_TO_BLENDER`` implies (90 degrees about X),
-so camera-frame bodies placed through ``coords`` project onto the same pixels.
-
-The maths lives in plain functions (``camera_intrinsics_to_blender``, ``focal_from_fov``) that the
-tests check without Blender objects; ``ensure_camera`` applies them.
+D-PoSE solves with an OpenCV pinhole camera (focal length = image diagonal unless given,
+principal point = image centre). ``dpose_core.camera.blender_camera_settings`` turns it into
+Blender's lens, sensor fit, shift and render size; ``ensure_camera`` applies them to a camera at
+the world origin with the rotation that ``coords.OPENCV_TO_BLENDER`` implies (90 degrees about
+X), so camera-frame bodies placed through ``coords`` project onto the same pixels. The footage
+goes behind the camera view, timed so that the first source frame used plays at the job's start
+frame.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-SENSOR_MM = 36.0  # any value works; 36 mm is Blender's default full-frame width
-
-
-@dataclass(frozen=True)
-class BlenderCameraSettings:
-    """Camera data + render settings reproducing an OpenCV pinhole camera."""
-
-    lens_mm: float
-    sensor_mm: float
-    sensor_fit: str  # 'HORIZONTAL' or 'VERTICAL'
-    shift_x: float
-    shift_y: float
-    resolution: tuple[int, int]  # (w, h) px
-
-
-def diagonal_focal_px(image_size: tuple[int, int]) -> float:
-    """The network's default focal length in pixels: the image diagonal."""
-    w, h = image_size
-    return float(math.hypot(w, h))
-
-
-def focal_from_fov(image_size: tuple[int, int], fov_deg: float) -> float:
-    """Focal length in px for a field of view measured across the image's longer side."""
-    if not 1.0 <= fov_deg <= 179.0:
-        raise ValueError(f"Field of view {fov_deg} degrees is outside 1-179 degrees.")
-    return 0.5 * max(image_size) / math.tan(math.radians(fov_deg) / 2.0)
-
-
-def camera_intrinsics_to_blender(
-    image_size: tuple[int, int],
-    focal_px: float | tuple[float, float] | np.ndarray,
-    principal_point: tuple[float, float] | np.ndarray | None = None,
-    sensor_mm: float = SENSOR_MM,
-) -> BlenderCameraSettings:
-    """OpenCV intrinsics (px) -> Blender lens, sensor fit, shift and render size.
-
-    The numbers come from ``coords.blender_camera_intrinsics`` (measured against the longer
-    side); here the fit is made explicit by aspect (HORIZONTAL for landscape, VERTICAL for
-    portrait, both sensor sides equal) so the camera does not change if Blender's AUTO rule
-    or the render percentage does. Square pixels: fx is used (the network uses fx = fy).
-    """
-    from ..dpose_core import coords
-
-    values = coords.blender_camera_intrinsics(focal_px, image_size, principal_point, sensor_mm)
-    w, h = values["resolution_x"], values["resolution_y"]
-    return BlenderCameraSettings(
-        lens_mm=values["lens_mm"],
-        sensor_mm=values["sensor_width_mm"],
-        sensor_fit="HORIZONTAL" if w >= h else "VERTICAL",
-        shift_x=values["shift_x"],
-        shift_y=values["shift_y"],
-        resolution=(w, h),
-    )
+from ..dpose_core.camera import BlenderCameraSettings, blender_camera_settings
+from ..dpose_core.frames import IMAGE_EXTENSIONS
 
 
 def camera_rotation_matrix() -> np.ndarray:
@@ -117,41 +60,40 @@ def load_footage(path: str | Path, *, sequence_length: int = 0):
 
     path = str(Path(path).resolve())
     image = bpy.data.images.load(path, check_existing=True)
-    if Path(path).suffix.lower() in MOVIE_SUFFIXES:
+    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:  # what frames.py reads as a video
         image.source = "MOVIE"
     elif sequence_length > 1:
         image.source = "SEQUENCE"
     return image
 
 
-MOVIE_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
-
-
-def footage_frame_offset(image) -> int:
-    """Image-user offset so that the user's ``frame_start`` shows source frame 0.
+def footage_frame_offset(image, first_source_frame: int = 0) -> int:
+    """Image-user offset so that the user's ``frame_start`` shows ``first_source_frame``.
 
     Blender shows number ``scene_frame - frame_start + offset + 1`` of a movie (1-based) or of
-    a numbered image sequence (the number in the file name): a movie needs offset 0, a sequence
-    whose first file is numbered n0 needs n0 - 1.
+    a numbered image sequence (the number in the file name): a movie needs offset
+    first_source_frame, a sequence whose first file is numbered n0 needs n0 - 1 more.
     """
     if image.source != "SEQUENCE":
-        return 0
+        return int(first_source_frame)
     digits = re.findall(r"(\d+)", Path(image.filepath).stem)
-    return int(digits[-1]) - 1 if digits else 0
+    return (int(digits[-1]) - 1 if digits else 0) + int(first_source_frame)
 
 
-def set_footage_timing(image_user, image, *, frame_start: int = 1, frame_duration: int = 0
-                       ) -> None:
-    """Make a movie / sequence image user play source frame i at scene frame frame_start + i."""
+def set_footage_timing(image_user, image, *, frame_start: int = 1, first_source_frame: int = 0,
+                       frame_duration: int = 0) -> None:
+    """Make a movie / sequence image user play source frame ``first_source_frame + i`` at scene
+    frame ``frame_start + i``, for frame_duration frames (0: the whole footage)."""
     if image is None or image.source not in {"MOVIE", "SEQUENCE"}:
         return
     image_user.frame_start = frame_start
-    image_user.frame_offset = footage_frame_offset(image)
+    image_user.frame_offset = footage_frame_offset(image, first_source_frame)
     image_user.frame_duration = max(1, frame_duration or image.frame_duration)
     image_user.use_auto_refresh = True
 
 
-def set_camera_background(camera_obj, image, *, frame_start: int = 1, frame_duration: int = 0,
+def set_camera_background(camera_obj, image, *, frame_start: int = 1,
+                          first_source_frame: int = 0, frame_duration: int = 0,
                           alpha: float = 1.0) -> None:
     """Show ``image`` behind the camera view (replaces earlier backgrounds of this camera)."""
     cam = camera_obj.data
@@ -165,7 +107,7 @@ def set_camera_background(camera_obj, image, *, frame_start: int = 1, frame_dura
     bg.display_depth = "BACK"
     bg.frame_method = "STRETCH"  # the camera frame has the footage's aspect already
     set_footage_timing(bg.image_user, image, frame_start=frame_start,
-                       frame_duration=frame_duration)
+                       first_source_frame=first_source_frame, frame_duration=frame_duration)
 
 
 def ensure_camera(
@@ -181,7 +123,7 @@ def ensure_camera(
     """Create (or update ``camera_obj``) a camera matching the solve's intrinsics; returns it."""
     import bpy
 
-    settings = camera_intrinsics_to_blender(image_size, focal_px, principal_point)
+    settings = blender_camera_settings(image_size, focal_px, principal_point)
     if camera_obj is None:
         data = bpy.data.cameras.new(name)
         camera_obj = bpy.data.objects.new(name, data)

@@ -27,9 +27,10 @@ import numpy as np
 
 from ..dpose_core.body_model import BodyModel
 from ..dpose_core.errors import BodyModelError
+from ..dpose_core.rig_frames import RigFrame
 from ..dpose_core.skeleton import JOINT_NAMES, NUM_JOINTS
 from .keyframes import rotation_path
-from .rig import RigFrame
+from .rig import rig_frame
 
 CORRECTIVE_PREFIX = "pose_"
 # Slider range of the corrective keys: entries of P - I lie in [-2, 2].
@@ -49,7 +50,7 @@ def build_skinned_mesh(
 
     body_model must be the model the rig was built from (its rest joints are checked).
     """
-    rig = RigFrame.from_armature(armature)
+    rig = rig_frame(armature)
     rest = body_model.rest_joints(rig.betas)
     if np.abs(rest - rig.rest_joints).max() > 1e-6:
         raise BodyModelError(
@@ -141,7 +142,7 @@ def add_pose_correctives(
 
     Returns the number of keys added. See the module docstring for what it costs.
     """
-    rig = rig or RigFrame.from_armature(armature)
+    rig = rig or rig_frame(armature)
     if rest_vertices is None:
         rest_vertices = body_model.shaped_vertices(rig.betas) @ rig.upright.T
     offsets = corrective_offsets(body_model, rig)

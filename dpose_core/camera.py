@@ -14,6 +14,8 @@ images in a batch have the same diagonal (the demo's case: one image per batch).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .constants import BOX_SCALE_UNIT
@@ -135,3 +137,50 @@ def project(
     with np.errstate(divide="ignore", invalid="ignore"):
         xy = cam_points[..., :2] / cam_points[..., 2:3]
     return xy * f[:, None, :] + pp[:, None, :]
+
+
+# ------------------------------------------------------------------- Blender's camera model
+BLENDER_SENSOR_MM = 36.0  # any value works; 36 mm is Blender's default full-frame width
+
+
+@dataclass(frozen=True)
+class BlenderCameraSettings:
+    """Camera data + render settings that reproduce an OpenCV pinhole camera in Blender.
+
+    With the sensor fitted to the image's longer side (HORIZONTAL for landscape, VERTICAL for
+    portrait, both sensor sides equal) ``lens_mm = fx * sensor_mm / max(w, h)``; a principal
+    point off the centre is a lens shift in units of the longer side; the render resolution
+    is the image size. Square pixels: fx is used (the network uses fx = fy).
+    """
+
+    lens_mm: float
+    sensor_mm: float
+    sensor_fit: str  # 'HORIZONTAL' or 'VERTICAL'
+    shift_x: float
+    shift_y: float
+    resolution: tuple[int, int]  # (w, h) px
+
+
+def blender_camera_settings(
+    image_size: tuple[int, int],
+    focal_px: float | tuple[float, float] | np.ndarray,
+    principal_point: tuple[float, float] | np.ndarray | None = None,
+    sensor_mm: float = BLENDER_SENSOR_MM,
+) -> BlenderCameraSettings:
+    """OpenCV intrinsics (px) -> Blender lens, explicit sensor fit, shift and render size.
+
+    The fit is explicit so the camera does not change if Blender's AUTO rule or the render
+    percentage does.
+    """
+    from .coords import blender_camera_intrinsics
+
+    values = blender_camera_intrinsics(focal_px, image_size, principal_point, sensor_mm)
+    w, h = values["resolution_x"], values["resolution_y"]
+    return BlenderCameraSettings(
+        lens_mm=values["lens_mm"],
+        sensor_mm=values["sensor_width_mm"],
+        sensor_fit="HORIZONTAL" if w >= h else "VERTICAL",
+        shift_x=values["shift_x"],
+        shift_y=values["shift_y"],
+        resolution=(w, h),
+    )

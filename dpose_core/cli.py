@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DPoseError
+from .farm_progress import STYLES as FARM_STYLES
+from .farm_progress import FarmProgress
 from .frames import DEFAULT_FOLDER_FPS
 from .pipeline import BACKENDS, DEFAULT_BATCH, DEFAULT_SMOOTH, DEVICES
 
@@ -135,7 +137,8 @@ def run_options(args: argparse.Namespace):
         checkpoint=args.checkpoint, body_model=args.body_model, backend=args.backend,
         device=args.device, batch=args.batch, person=args.person, bbox=args.bbox or (),
         focal_px=args.focal, fov_deg=args.fov, smooth=args.smooth, start=args.start,
-        end=args.end, stride=args.stride, fps=args.fps,
+        end=args.end, stride=args.stride, fps=args.fps, chunk_overlap=args.chunk_overlap,
+        strict=args.strict,
     )
 
 
@@ -159,9 +162,9 @@ def _estimate_images(options, args: argparse.Namespace) -> int:
     from .pipeline import estimate_images, open_estimator
 
     estimator = open_estimator(options)
-    bar = _progress(len(options.inputs), "estimate", "image")
+    bar = _Progress(len(options.inputs), "estimate", "image", args.progress)
     result = estimate_images(options, estimator=estimator, warn=_warn_through(bar),
-                             progress=lambda done, total: bar.update(done - bar.n))
+                             progress=bar.progress)
     bar.close()
     npz = args.output is not None and Path(args.output).suffix.lower() == ".npz"
     payload = result.estimate.to_dict(dense=npz)
@@ -191,27 +194,81 @@ def _estimate_images(options, args: argparse.Namespace) -> int:
 
 
 def _estimate_video(options, args: argparse.Namespace) -> int:
-    """`dpose estimate VIDEO|FOLDER -o motion.npz`: one motion file per person track."""
+    """`dpose estimate VIDEO|FOLDER -o motion.npz`: one motion file per person track; with
+    --chunk-overlap, one farm chunk file of raw solves."""
     from .frames import open_frames
-    from .pipeline import estimate_video, open_estimator, save_tracks
+    from .pipeline import estimate_video, open_estimator
 
     estimator = open_estimator(options)
-    total = len(open_frames(options.inputs[0], start=options.start, end=options.end,
+    first = options.start - (options.chunk_overlap or 0)
+    total = len(open_frames(options.inputs[0], start=max(0, first), end=options.end,
                             stride=options.stride))
-    bar = _progress(total or None, "dpose", "frame")
+    bar = _Progress(total or None, "dpose", "frame", args.progress)
+    if options.chunk_overlap is not None:
+        bar.status(f"solving source frames {options.start}-"
+                   f"{'end' if options.end is None else options.end - 1} "
+                   f"(+{options.chunk_overlap} before, to match people across the seam)")
     try:
         result = estimate_video(options, estimator=estimator, warn=_warn_through(bar),
-                                progress=lambda done, _total: bar.update(done - bar.n))
+                                progress=bar.progress)
     finally:
         bar.close()
-    for track, path in save_tracks(result, args.output).items():
-        print(f"dpose: track {track}: {len(result.tracks[track])} frames "
-              f"({result.rows_fps:g} per second) -> {path}")
-    if result.failures:
-        print(f"dpose: {len(result.failures)} of {result.frames_processed} frames skipped "
-              "(listed above)", file=sys.stderr)  # fmt: skip
+    return _finish_video(result, args, bar)
+
+
+def _finish_video(result, args: argparse.Namespace, bar) -> int:
+    """Refuse a --strict run with problem frames, else write the chunk or the motion files."""
+    from .farm_progress import frame_ranges
+    from .pipeline import save_tracks
+
+    problems = result.problem_frames()
+    if args.strict and problems:
+        reason = (f"--strict: {len(problems)} frame(s) skipped or interpolated: "
+                  f"{frame_ranges(problems)}; nothing was written")
+        bar.fail(reason)
+        print(f"dpose: error: {reason}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if result.chunk is not None:
+        from .chunks import write_chunk
+
+        write_chunk(args.output, result.chunk)
+        print(f"dpose: chunk {result.chunk.own_start}-{result.chunk.own_end - 1}: "
+              f"{len(result.chunk.tracks)} raw track(s) -> {args.output}")
+    else:
+        for track, path in save_tracks(result, args.output).items():
+            print(f"dpose: track {track}: {len(result.tracks[track])} frames "
+                  f"({result.rows_fps:g} per second) -> {path}")
+    if result.failures or result.gaps:
+        print(f"dpose: {len(problems)} of {result.frames_processed} frames skipped or "
+              "unsolved (listed above)", file=sys.stderr)  # fmt: skip
         return EXIT_PROBLEM
     return EXIT_OK
+
+
+def _parse_frames(text: str) -> tuple[int, int]:
+    """`0-299` (inclusive, as farm managers write frame ranges) -> (0, 299)."""
+    first, sep, last = text.partition("-")
+    try:
+        span = (int(first), int(last if sep else first))
+    except ValueError:
+        span = (-1, -1)
+    if span[0] < 0 or span[1] < span[0]:
+        raise argparse.ArgumentTypeError(f"expected FIRST-LAST source frames, got {text!r}")
+    return span
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """`dpose merge chunk_*.npz -o motion.npz`: farm chunks -> one shot's motion files."""
+    from .pipeline import RunOptions, merge_video
+
+    if Path(args.output).suffix.lower() != ".npz":
+        raise DPoseError(f"The merge writes motion files: pass -o motion.npz, got {args.output}.")
+    _prepare_output(args.output)
+    bar = _Progress(None, "merge", "frame", args.progress)
+    options = RunOptions(person=args.person, smooth=args.smooth, strict=args.strict)
+    result = merge_video(args.chunks, options, frames=args.frames, allow_gaps=args.allow_gaps,
+                         outputs=[args.output], warn=_warn_through(bar))
+    return _finish_video(result, args, bar)
 
 
 def _warn_through(bar):
@@ -219,28 +276,47 @@ def _warn_through(bar):
     return lambda text: bar.write(f"dpose: {text}", file=sys.stderr)
 
 
-def _progress(total: int | None, desc: str, unit: str):
-    """tqdm bar on stderr for several images or frames; a silent stand-in otherwise."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is a CLI nicety, not a requirement
-        tqdm = None
-    if tqdm is None or total == 1 or total == 0:
+class _Progress:
+    """Where a run's progress goes: a tqdm bar on stderr, farm lines on stdout, or nowhere.
 
-        class _Silent:
-            n = 0
+    progress(done, total) for the pipeline; write() for warnings (keeps the bar intact);
+    status() and fail() reach a farm manager (--progress openjd|flamenco), nobody else.
+    """
 
-            def update(self, n: int) -> None:
-                self.n += n
+    def __init__(self, total: int | None, desc: str, unit: str, style: str = "bar"):
+        self.farm = FarmProgress(style) if style in FARM_STYLES else None
+        self.bar = None
+        if style == "bar" and total not in (0, 1):
+            try:
+                from tqdm import tqdm
+            except ImportError:  # tqdm is a CLI nicety, not a requirement
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
 
-            def close(self) -> None:
-                pass
+    def progress(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        elif self.farm is not None:
+            self.farm(done, total)
 
-            def write(self, text: str, file=None) -> None:
-                print(text, file=file)
+    def write(self, text: str, file=None) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=file)
+        else:
+            print(text, file=file)
 
-        return _Silent()
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
+    def status(self, text: str) -> None:
+        if self.farm is not None:
+            self.farm.status(text)
+
+    def fail(self, reason: str) -> None:
+        if self.farm is not None:
+            self.farm.fail(reason)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ---------------------------------------------------------------------------- doctor
@@ -403,13 +479,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=0, help="video/folder: first source frame")
     p.add_argument("--end", type=int, help="video/folder: stop before this source frame")
     p.add_argument("--stride", type=int, default=1, help="video/folder: use every Nth frame")
+    p.add_argument("--chunk-overlap", type=int, metavar="K",
+                   help="farm: write -o as a chunk of raw solves of frames --start..--end, "
+                   "also solving K frames before --start (merge chunks with dpose merge)")
+    _farm_arguments(p)
     p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("merge", help="farm chunks (dpose estimate --chunk-overlap) -> motion")
+    p.add_argument("chunks", nargs="+", help="the chunk files of one shot, in any order")
+    p.add_argument("-o", "--output", required=True, help="motion.npz (one file per person)")
+    p.add_argument("--frames", type=_parse_frames, metavar="FIRST-LAST",
+                   help="source frames the chunks must cover (a missing chunk at either end "
+                   "is found too)")
+    p.add_argument("--allow-gaps", action="store_true",
+                   help="fill and flag frames no chunk solved, instead of failing")
+    p.add_argument("--person", default="all", help="'all', 'largest' or a track number")
+    p.add_argument("--smooth", type=float, default=DEFAULT_SMOOTH,
+                   help="smoothing strength: 0 off, 1 default, 2 twice as smooth")
+    _farm_arguments(p)
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("doctor", help="check the installation, checkpoint and body model")
     p.add_argument("--checkpoint", help="paper_arxiv.ckpt (default: $DPOSE_CHECKPOINT)")
     p.add_argument("--body-model", help="SMPL-X model file (default: the checkpoint's own)")
     p.set_defaults(func=cmd_doctor)
     return parser
+
+
+def _farm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 1, nothing written) when any frame was skipped or "
+                   "interpolated, naming the frames")
+    p.add_argument("--progress", choices=("bar", "openjd", "flamenco", "none"), default="bar",
+                   help="progress as a bar on stderr, or as the lines a farm manager reads "
+                   "on stdout (Open Job Description, Flamenco)")
 
 
 def attach_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
@@ -448,7 +551,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DPoseError as exc:
-        print(f"dpose: error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        message = str(exc).strip().splitlines()[0]
+        print(f"dpose: error: {message}", file=sys.stderr)
+        if getattr(args, "progress", None) in FARM_STYLES:  # the task's failure reason
+            FarmProgress(args.progress).fail(message)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("dpose: interrupted", file=sys.stderr)

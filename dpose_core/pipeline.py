@@ -33,13 +33,14 @@ Errors: every problem with the input raises a DPoseError subclass with a one-lin
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -95,6 +96,9 @@ class RunOptions:
     across the longer side) set the camera; default: focal = image diagonal. smooth: 0 off,
     1 default, 2 twice as smooth. start/end/stride: source frame numbers, end exclusive.
     fps: override the video's rate; image folders default to frames.DEFAULT_FOLDER_FPS.
+    chunk_overlap: solve a farm chunk, frames [start, end) plus this many before start, into
+    raw solves (VideoResult.chunk) for `merge_video`. strict: adapters fail the run when any
+    frame was skipped or interpolated (VideoResult.problem_frames).
     """
 
     inputs: Sequence[str | os.PathLike] = ()
@@ -116,6 +120,8 @@ class RunOptions:
     fps: float | None = None
     low_confidence: float = DEFAULT_LOW_CONFIDENCE
     max_gap: int = DEFAULT_MAX_GAP
+    chunk_overlap: int | None = None
+    strict: bool = False
     # Run state, not options (so dataclasses.asdict leaves them out): set by validate().
     _valid: ClassVar[bool] = False
     _loaded_body_model: ClassVar[Any] = None
@@ -190,6 +196,13 @@ class RunOptions:
                              f"{self.low_confidence}.")
         if self.max_gap < 0:
             raise DPoseError(f"max_gap must be 0 or more frames, got {self.max_gap}.")
+        if self.chunk_overlap is not None:
+            if not isinstance(self.chunk_overlap, int | np.integer) or self.chunk_overlap < 0:
+                raise DPoseError(f"--chunk-overlap must be 0 or more frames, got "
+                                 f"{self.chunk_overlap}.")
+            if not video:
+                raise DPoseError("--chunk-overlap solves a chunk of a video or image folder; "
+                                 "image files need no chunks.")
         outputs = [Path(p).expanduser() for p in self.outputs]
         _check_outputs(inputs, outputs, video)
         if video:
@@ -591,11 +604,29 @@ class VideoResult:
     seconds: float = 0.0
     backend: str = ""
     device: str = ""
+    chunk: Any = None  # chunk mode: the raw solves (chunks.ChunkSolve) to write
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # merge: unsolved [a, b) ranges
+    provenance: dict = field(default_factory=dict)  # merge: what solved the chunks
+    first_frame: int = 0  # the shot's first source frame (the run's start)
 
     @property
     def rows_fps(self) -> float:
         """Rate of the rows of each motion: the source rate over the stride."""
         return self.fps / self.stride
+
+    def problem_frames(self) -> list[int]:
+        """Source frames that were skipped, left unsolved or interpolated (what --strict
+        refuses), sorted."""
+        from .motion import FLAG_INTERPOLATED
+
+        frames = {int(f.index) for f in self.failures}
+        for a, b in self.gaps:
+            frames.update(range(a, b, self.stride))
+        for motion in self.tracks.values():
+            if motion.flags is not None and motion.frame_indices is not None:
+                hit = (np.asarray(motion.flags) & FLAG_INTERPOLATED) != 0
+                frames.update(int(f) for f in np.asarray(motion.frame_indices)[hit])
+        return sorted(frames)
 
 
 def _slim(estimate, row: int):
@@ -632,7 +663,9 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
                          "estimate_images for image files.")
     net = _checked(estimator if estimator is not None else open_estimator(options))
     path = options.inputs[0]
-    frames = open_frames(path, start=options.start, end=options.end, stride=options.stride,
+    chunked = options.chunk_overlap is not None
+    solve_start = max(0, options.start - options.chunk_overlap) if chunked else options.start
+    frames = open_frames(path, start=solve_start, end=options.end, stride=options.stride,
                          fps=options.fps)  # image folders: DEFAULT_FOLDER_FPS
     user_boxes = options.boxes
     focal = options.focal_px
@@ -693,14 +726,109 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
         failures=list(seq.failures), maps={}, frames_processed=seq.frames_processed,
         frames_total=total, cancelled=seq.cancelled, fps=frames.fps, stride=options.stride,
         source=path, source_kind=frames.kind, seconds=time.perf_counter() - started,
+        first_frame=options.start,
         backend=str(getattr(net, "backend", "")), device=str(getattr(net, "device", "")))
     if keep_maps:
         for number in tracks:
             tid = result.tracker_ids[number]
             result.maps[number] = sorted(((f, data) for (t, f), (_, data) in maps.items()
                                           if t == tid), key=lambda item: item[0])
-    if not tracks and not result.cancelled:
+    if chunked:
+        if result.frames_processed == 0 or len(result.failures) == result.frames_processed:
+            _raise_nothing_found(result, options, net.non_finite_calls)
+        result.chunk = _chunk_of(seq, options, frames, net)
+    elif not tracks and not result.cancelled:
         _raise_nothing_found(result, options, net.non_finite_calls)
+    return result
+
+
+# ----------------------------------------------------------------------------- farm chunks
+# The options that change raw solves: chunks solved with different ones are not merged.
+_SOLVE_OPTIONS = ("bbox", "focal_px", "fov_deg", "stride", "fps", "max_gap", "backend")
+
+
+def _chunk_of(seq, options: RunOptions, frames, net):
+    """The raw solves of a chunk run, with what identifies the run (see chunks.py)."""
+    from .checkpoint import checkpoint_hash
+    from .chunks import ChunkSolve, input_identity
+
+    own_end = options.end
+    if frames.total_frames is not None:
+        own_end = min(own_end or frames.total_frames, frames.total_frames)
+    elif own_end is None:
+        own_end = int(seq.frame_indices[-1]) + 1
+    checkpoint = getattr(net, "checkpoint_path", None) or options.checkpoint
+    provenance = {
+        "checkpoint_sha256": checkpoint_hash(checkpoint) if checkpoint else None,
+        "input": input_identity(options.inputs[0]),
+        "options": {name: getattr(options, name) for name in _SOLVE_OPTIONS},
+    }
+    provenance["options"]["backend"] = str(getattr(net, "backend", options.backend))
+    return ChunkSolve(
+        own_start=options.start, own_end=int(own_end), frames=seq.frame_indices,
+        fps=frames.fps,
+        image_size=np.zeros(2) if seq.image_size is None else np.asarray(seq.image_size),
+        provenance=json.loads(json.dumps(provenance)),
+        source=str(Path(options.inputs[0]).resolve()), source_kind=frames.kind,
+        tracks=[seq.raw_tracks[tid] for tid in sorted(seq.raw_tracks)],
+        failures=[(int(f.index), f.message) for f in seq.failures])
+
+
+def open_body_model(options: RunOptions):
+    """The SMPL-X body model alone (the options' file, else the checkpoint's own buffers),
+    for work that builds rigs without running the network (a farm merge)."""
+    from .body_model import BODY_MODEL_PREFIX, BodyModel
+    from .checkpoint import load_checkpoint_arrays, resolve_checkpoint
+
+    if options.body_model is not None:
+        return BodyModel.load(options.body_model)
+    arrays = load_checkpoint_arrays(resolve_checkpoint(options.checkpoint),
+                                    only=BODY_MODEL_PREFIX)
+    return BodyModel.from_arrays(arrays, prefix=BODY_MODEL_PREFIX)
+
+
+def merge_video(chunk_paths: Sequence[str | os.PathLike], options: RunOptions, *,
+                frames: tuple[int, int] | None = None, allow_gaps: bool = False,
+                outputs: Sequence[str | os.PathLike] = (),
+                warn: Warn | None = None) -> VideoResult:
+    """One shot from farm chunk files: tracks matched at the seams, then smoothing, gap
+    filling and one body shape per person run once over the whole shot, exactly as in a
+    single run (sequence.build_motions). options: smooth, person, low_confidence (the
+    solve options come from the chunks). frames: (first, last) source frames the chunks must
+    cover. outputs: the files the caller will write, refused when one is a chunk. Raises
+    ChunkError (one line) for mixed runs, overlaps and, unless allow_gaps, missing chunks;
+    NoPersonError when nobody was found in the whole shot.
+    """
+    from .chunks import merge_chunks, read_chunk
+    from .sequence import FrameFailure, build_motions
+
+    paths = [Path(p) for p in chunk_paths]
+    _check_outputs(paths, [Path(p) for p in outputs], video=False)
+    merged = merge_chunks([read_chunk(p) for p in paths], frames=frames,
+                          allow_gaps=allow_gaps, names=[p.name for p in paths])
+    for a, b in merged.gaps:
+        _notify(warn, f"no chunk solved source frames {a}-{b - 1}: filled and flagged.")
+    for _, message in merged.failures:
+        _notify(warn, f"skipped: {message}")
+    solve = merged.provenance["options"]
+    person = "all" if options.person in ("all", "largest") else _parse_person(options.person)
+    raw = dict(enumerate(merged.tracks))
+    min_frames = 1 if solve.get("bbox") else min(MIN_TRACK_FRAMES, len(merged.frames))
+    tracks, ids, lengths = build_motions(
+        raw, merged.frames, merged.fps, image_size=merged.image_size, smooth=options.smooth,
+        low_confidence=options.low_confidence, min_track_frames=min_frames, person=person)
+    if options.person == "largest":
+        tracks = _largest_track(tracks)
+    result = VideoResult(
+        tracks=tracks, tracker_ids=ids, track_lengths=lengths,
+        failures=[FrameFailure(f, m) for f, m in merged.failures], maps={},
+        frames_processed=len(merged.frames), frames_total=len(merged.frames), cancelled=False,
+        fps=merged.fps, stride=int(solve.get("stride") or 1), source=Path(merged.source),
+        source_kind=merged.source_kind, gaps=merged.gaps, backend=str(solve.get("backend", "")),
+        provenance=merged.provenance, first_frame=int(merged.frames[0]))
+    if not tracks:
+        raise NoPersonError(f"Nobody was found in the {len(merged.frames)} frames of the "
+                            f"{len(paths)} chunks; {BBOX_HINT} when solving them.")
     return result
 
 

@@ -64,11 +64,50 @@ class FrameFailure:
     message: str
 
 
+@dataclass
+class RawTrack:
+    """One person's raw solves (no smoothing, no filling), one row per solved source frame.
+
+    What a farm chunk stores and what `build_motions` turns into motion, so a shot solved in
+    one run and the same shot merged from chunks go through the same code.
+    """
+
+    frames: np.ndarray  # (n,) source frame numbers, increasing
+    rotmats: np.ndarray  # (n,22,3,3) body joint rotations, camera frame
+    cam_t: np.ndarray  # (n,3) metres
+    betas: np.ndarray  # (n,11)
+    boxes: np.ndarray  # (n,4) xyxy px
+    focal: np.ndarray  # (n,2) px
+    principal: np.ndarray  # (n,2) px
+    confidence: np.ndarray  # (n,)
+
+    FIELDS = ("frames", "rotmats", "cam_t", "betas", "boxes", "focal", "principal",
+              "confidence")
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def rows(self, mask: np.ndarray) -> RawTrack:
+        return RawTrack(**{name: getattr(self, name)[mask] for name in self.FIELDS})
+
+    @staticmethod
+    def concatenate(parts: list[RawTrack]) -> RawTrack:
+        return RawTrack(**{name: np.concatenate([getattr(p, name) for p in parts])
+                           for name in RawTrack.FIELDS})
+
+
 class SequenceResult(dict):
-    """track id -> Motion, plus what the run saw: failures, frames processed, cancelled."""
+    """track id -> Motion, plus what the run saw: failures, frames processed, cancelled.
+
+    raw_tracks (tracker id -> RawTrack, every track however short) and frame_indices (every
+    source frame processed, in order) are the raw solves a farm chunk keeps.
+    """
 
     def __init__(self):
         super().__init__()
+        self.raw_tracks: dict[int, RawTrack] = {}
+        self.frame_indices = np.zeros(0, np.int64)
+        self.image_size: np.ndarray | None = None
         self.failures: list[FrameFailure] = []
         self.frames_processed = 0
         self.cancelled = False
@@ -131,12 +170,16 @@ class _TrackBuffer:
         if self.image_size is None:
             self.image_size = np.asarray(estimate.image_size[row], np.float64)
 
-    @property
-    def first_box(self) -> np.ndarray:
-        return self.rows["box"].chunks[0][0]
-
     def column(self, name: str) -> np.ndarray:
         return self.rows[name].array()
+
+    def raw(self, step_index: np.ndarray) -> RawTrack:
+        return RawTrack(
+            frames=step_index[np.asarray(self.steps, np.int64)],
+            rotmats=self.column("rotmats").reshape(-1, NUM_PREDICTED_JOINTS, 3, 3),
+            cam_t=self.column("cam_t"), betas=self.column("betas"), boxes=self.column("box"),
+            focal=self.column("focal"), principal=self.column("principal"),
+            confidence=self.column("confidence")[:, 0])
 
 
 def _person_confidence(det: Detection, estimate, row: int, finder_ran_network: bool) -> float:
@@ -146,22 +189,24 @@ def _person_confidence(det: Detection, estimate, row: int, finder_ran_network: b
     return float(np.sqrt(max(det.confidence, 0.0) * crop_evidence(estimate, row, det.box)))
 
 
-def _build_motion(buf: _TrackBuffer, step_index: np.ndarray, fps: float, smooth: float,
-                  low_confidence: float) -> Motion:
-    steps = np.asarray(buf.steps)
-    first, last = steps[0], steps[-1]
+def _build_motion(track: RawTrack, frames: np.ndarray, fps: float, smooth: float,
+                  low_confidence: float, image_size) -> Motion:
+    """A track's raw solves -> Motion over its span of `frames` (the shot's source frames):
+    unsolved and low-confidence frames filled by slerp and flagged, one body shape, smoothed."""
+    pos_in_shot = np.searchsorted(frames, track.frames)
+    first, last = pos_in_shot[0], pos_in_shot[-1]
     n = last - first + 1
-    pos = steps - first
+    pos = pos_in_shot - first
     observed = np.zeros(n, bool)
     observed[pos] = True
-    confidence = buf.column("confidence")[:, 0].astype(np.float64)
+    confidence = track.confidence.astype(np.float64)
     conf = np.zeros(n)
     conf[pos] = confidence
     rot = np.empty((n, NUM_PREDICTED_JOINTS, 3, 3))
     rot[:] = np.eye(3)
-    rot[pos] = buf.column("rotmats").reshape(-1, NUM_PREDICTED_JOINTS, 3, 3)
+    rot[pos] = track.rotmats
     transl = np.zeros((n, 3))
-    transl[pos] = buf.column("cam_t")
+    transl[pos] = track.cam_t
     good = observed & (conf >= low_confidence)
     if not good.any():
         good = observed
@@ -171,21 +216,42 @@ def _build_motion(buf: _TrackBuffer, step_index: np.ndarray, fps: float, smooth:
     flags[low] |= FLAG_LOW_CONFIDENCE | FLAG_INTERPOLATED
     rot, transl = fill_gaps(rot, transl, good)
 
-    def interp(name: str) -> np.ndarray:
-        arr = buf.column(name).astype(np.float64)
+    def interp(values: np.ndarray) -> np.ndarray:
+        arr = values.astype(np.float64)
         return np.stack([np.interp(np.arange(n), pos, arr[:, k]) for k in range(arr.shape[1])],
                         axis=1)
 
-    frame_indices = step_index[first:last + 1]
+    frame_indices = frames[first:last + 1]
     times = frame_indices / fps
     rot = smooth_rotations(rot, times, smooth)
     transl = smooth_translation(transl, times, smooth)
     good_obs = good[pos]
-    betas = robust_mean_betas(buf.column("betas")[good_obs], confidence[good_obs])
+    betas = robust_mean_betas(track.betas[good_obs], confidence[good_obs])
     return Motion.from_predictions(
         rot, transl, betas, fps, confidence=conf, frame_indices=frame_indices,
-        boxes=interp("box"), focal_px=interp("focal"), principal_point=interp("principal"),
-        image_size=buf.image_size, flags=flags)
+        boxes=interp(track.boxes), focal_px=interp(track.focal),
+        principal_point=interp(track.principal), image_size=image_size, flags=flags)
+
+
+def build_motions(raw_tracks: dict[int, RawTrack], frames: np.ndarray, fps: float, *,
+                  image_size, smooth: float = 1.0, low_confidence: float = DEFAULT_LOW_CONFIDENCE,
+                  min_track_frames: int = MIN_TRACK_FRAMES, person: str | int = "all",
+                  ) -> tuple[dict[int, Motion], dict[int, int], dict[int, int]]:
+    """Raw tracks -> (track number -> Motion, track number -> raw id, track number -> frames).
+
+    Tracks shorter than min_track_frames are dropped; the rest are numbered by first
+    appearance, people appearing together from left to right. person: "all" or one number.
+    frames: the shot's source frames in order (unsolved ones included).
+    """
+    kept = [(tid, t) for tid, t in raw_tracks.items() if len(t) >= min_track_frames]
+    kept.sort(key=lambda item: (int(item[1].frames[0]), float(item[1].boxes[0, 0]), item[0]))
+    motions, ids, lengths = {}, {}, {}
+    for number, (tid, track) in enumerate(kept):
+        ids[number], lengths[number] = tid, len(track)
+        if person == "all" or number == person:
+            motions[number] = _build_motion(track, frames, fps, smooth, low_confidence,
+                                            image_size)
+    return motions, ids, lengths
 
 
 def estimate_sequence(
@@ -263,29 +329,23 @@ def estimate_sequence(
     if cancel is not None and cancel.is_set():
         result.cancelled = True
 
-    indices = np.asarray(step_index, dtype=np.int64)
-    kept = [(tid, buf) for tid, buf in buffers.items() if len(buf.steps) >= min_track_frames]
-    kept.sort(key=_track_order)
-    for number, (tid, buf) in enumerate(kept):
-        result.track_lengths[number] = len(buf.steps)
-        result.tracker_ids[number] = tid
-        if person != "all" and number != person:
-            continue
-        result[number] = _build_motion(buf, indices, frames.fps, smooth, low_confidence)
+    result.frame_indices = np.asarray(step_index, dtype=np.int64)
+    result.raw_tracks = {tid: buf.raw(result.frame_indices) for tid, buf in buffers.items()}
+    result.image_size = next((b.image_size for b in buffers.values()), None)
+    motions, ids, lengths = build_motions(
+        result.raw_tracks, result.frame_indices, frames.fps, image_size=result.image_size,
+        smooth=smooth, low_confidence=low_confidence, min_track_frames=min_track_frames,
+        person=person)
+    result.update(motions)
+    result.tracker_ids, result.track_lengths = ids, lengths
     if person != "all" and person not in result and not result.cancelled:
-        if not kept:
+        if not ids:
             raise NoPersonError(f"Track {person} does not exist: nobody was found in "
                                 f"{result.frames_processed} frames.")
-        raise NoPersonError(f"Track {person} does not exist: {len(kept)} person track(s) were "
-                            f"found (numbered 0 to {len(kept) - 1}). Use --person all to see "
+        raise NoPersonError(f"Track {person} does not exist: {len(ids)} person track(s) were "
+                            f"found (numbered 0 to {len(ids) - 1}). Use --person all to see "
                             "them all.")
     return result
-
-
-def _track_order(item: tuple[int, _TrackBuffer]) -> tuple:
-    """Tracks are numbered by first appearance; people appearing together from left to right."""
-    tid, buf = item
-    return (buf.steps[0], float(buf.first_box[0]), tid)
 
 
 def _process_frame(image, step, estimator, finder, tracker, buffers, focal_px,

@@ -3,30 +3,19 @@
 import numpy as np
 import pytest
 
+from dpose_core.relief import relief_geometry, save_relief_cache
 from tests.blender_support import import_blender_module
 
 pytestmark = pytest.mark.blender
 
 
-def _frame(seed=0, radius=0.35, z_ref=4.0, size=(640, 480), step=4):
-    dp = import_blender_module("depth_plane")
-    rng = np.random.default_rng(seed)
-    idx = np.arange(0, 224, step)
-    yy, xx = np.meshgrid(idx, idx, indexing="ij")
-    mask = (yy - 112) ** 2 + (xx - 112) ** 2 < (radius * 224) ** 2
-    w, h = size
-    f = float(np.hypot(w, h))
-    return dp.DepthReliefFrame(
-        depth=rng.uniform(0.2, 0.8, mask.shape).astype(np.float32),
-        mask=mask,
-        rows=idx,
-        cols=idx,
-        crop_box=np.array([200.0, 100.0, 440.0, 340.0]),
-        focal_px=np.array([f, f]),
-        principal_point=np.array([w / 2, h / 2]),
-        image_size=np.array([w, h], dtype=float),
-        z_ref=z_ref,
-    )
+def _frame(**kwargs):
+    from tests.test_relief import relief_frame
+
+    kwargs.setdefault("size", (640, 480))
+    frame = relief_frame(**kwargs)
+    frame.principal_point = frame.image_size / 2
+    return frame
 
 
 def test_relief_vertices_project_onto_depth_pixels():
@@ -43,24 +32,16 @@ def test_relief_vertices_project_onto_depth_pixels():
     bpy.context.view_layer.update()
 
     verts = np.array([v.co[:] for v in obj.data.vertices])
-    _, quads, _, pixels = dp.relief_geometry(frame, 0.5)
-    assert len(verts) == len(pixels) > 100
-    assert len(obj.data.polygons) == len(quads)
+    geo = relief_geometry(frame, 0.5)
+    assert len(verts) == len(geo.pixels) > 100
+    assert len(obj.data.polygons) == len(geo.quads)
+    # Through Blender's own projection of the matching camera: on the depth pixel centres.
     projected = scene_camera.project_to_pixels(scene, cam, verts)
-    assert np.abs(projected - pixels).max() < 1e-3
-    # Every vertex sits on the centre of one sampled crop pixel of the crop box.
-    step_px = (440.0 - 200.0) / 224
-    col = (pixels[:, 0] - 200.0) / step_px - 0.5
-    assert np.allclose(col, np.round(col), atol=1e-6)
-    # The person's median relative depth sits at the pelvis distance (z_ref).
-    from dpose_core import coords
-
-    z = coords.blender_points_to_camera(verts)[:, 2]
-    assert np.median(dp.relief_distance(frame, 0.5)[frame.mask]) == pytest.approx(4.0)
-    assert z.min() > 4.0 - 0.5 and z.max() < 4.0 + 0.5
-    # Background is cut away: only person pixels became vertices.
-    assert len(verts) <= frame.mask.sum()
-    assert obj.data.uv_layers
+    assert np.abs(projected - geo.pixels).max() < 1e-3
+    loop_uvs = np.empty(2 * len(obj.data.loops), dtype=np.float32)
+    obj.data.uv_layers[0].data.foreach_get("uv", loop_uvs)
+    np.testing.assert_allclose(loop_uvs.reshape(-1, 2), geo.uvs[geo.quads.reshape(-1)],
+                               atol=1e-6)
 
 
 def test_sequence_relief_follows_the_current_frame(tmp_path):
@@ -68,7 +49,7 @@ def test_sequence_relief_follows_the_current_frame(tmp_path):
 
     dp = import_blender_module("depth_plane")
     frames = [_frame(seed=0, radius=0.2), _frame(seed=1, radius=0.4, z_ref=6.0)]
-    cache = dp.save_relief_cache(tmp_path / "relief.npz", frames, scene_frames=[1, 5])
+    cache = save_relief_cache(tmp_path / "relief.npz", frames, scene_frames=[1, 5])
     scene = bpy.context.scene
     obj = dp.create_depth_plane(scene.collection, frames[0])
     obj[dp.CACHE_PROP] = str(cache)
@@ -93,7 +74,7 @@ def test_relief_keeps_following_frames_after_opening_a_file(tmp_path):
 
     dp = import_blender_module("depth_plane")
     frames = [_frame(seed=0, radius=0.2), _frame(seed=1, radius=0.4, z_ref=6.0)]
-    cache = dp.save_relief_cache(tmp_path / "relief.npz", frames, scene_frames=[1, 5])
+    cache = save_relief_cache(tmp_path / "relief.npz", frames, scene_frames=[1, 5])
     obj = dp.create_depth_plane(bpy.context.scene.collection, frames[0], name="Relief")
     obj[dp.CACHE_PROP] = str(cache)
     n_first = len(obj.data.vertices)
@@ -106,3 +87,18 @@ def test_relief_keeps_following_frames_after_opening_a_file(tmp_path):
         assert len(bpy.data.objects["Relief"].data.vertices) > n_first
     finally:
         dp.unregister()
+
+
+def test_a_damaged_cache_holds_the_mesh_instead_of_raising_on_frame_change(tmp_path):
+    import bpy
+
+    dp = import_blender_module("depth_plane")
+    frames = [_frame(seed=0, radius=0.2), _frame(seed=1, radius=0.4)]
+    cache = save_relief_cache(tmp_path / "relief.npz", frames, scene_frames=[1, 5])
+    obj = dp.create_depth_plane(bpy.context.scene.collection, frames[0])
+    obj[dp.CACHE_PROP] = str(cache)
+    n_first = len(obj.data.vertices)
+    cache.write_bytes(b"PK\x03\x04 truncated by a full disk")
+    dp._CACHE.clear()
+    assert dp.update_relief_objects(bpy.context.scene) == 0
+    assert len(obj.data.vertices) == n_first

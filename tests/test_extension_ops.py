@@ -6,7 +6,9 @@ it again after the autouse factory reset. Inputs are tiny (a few 96x120 frames, 
 frame) because the random-weight network costs about a second per crop on a CPU.
 """
 
+import argparse
 import importlib
+import json
 import sys
 import threading
 import time
@@ -70,7 +72,7 @@ def ext(installed, checkpoint_path, onnx_cache_dir):
 
     import importlib
 
-    for name in ("image_estimate", "sequence_job", "operators", "jobs", "keyframes"):
+    for name in ("panel_jobs", "scene_builder", "operators", "jobs", "keyframes", "headless"):
         importlib.import_module(f"{EXT}.dpose_blender.{name}")
     yield Modules()
     sys.modules[f"{EXT}.dpose_blender.jobs"].cancel_all()
@@ -221,7 +223,7 @@ def _draw_all(ext, context):
     import bpy
 
     log = []
-    for name in ("DPOSE_PT_main", "DPOSE_PT_image", "DPOSE_PT_sequence"):
+    for name in ("DPOSE_PT_main", "DPOSE_PT_image", "DPOSE_PT_sequence", "DPOSE_PT_files"):
         panel_cls = getattr(bpy.types, name)
         fake = type("P", (), {"layout": _RecordingLayout(log)})()
         panel_cls.draw(fake, context)
@@ -238,8 +240,9 @@ def test_panels_draw_settings_progress_and_cancel(ext):
     assert not [e for e in log if e[0] == "progress"]
 
     release = threading.Event()
-    job = ext.operators._start(context, "Sequence", lambda ctx: (ctx.progress(2, 8),
-                                                                 release.wait(10)), None)
+    job = ext.jobs.Job(lambda ctx: (ctx.progress(2, 8), release.wait(10)), label="Sequence")
+    ext.jobs.set_active_job(job)
+    job.start()
     try:
         time.sleep(0.05)
         ext.operators.show_progress(context.scene, job)
@@ -297,8 +300,6 @@ def test_job_runner_reports_worker_errors_on_the_main_thread(ext):
 def test_image_operator_creates_rigs_camera_and_depth_plane(ext, image_file):
     import bpy
 
-    from dpose_core.frames import read_image
-
     scene = bpy.context.scene
     s = scene.dpose
     s.image_path = str(image_file)
@@ -307,12 +308,9 @@ def test_image_operator_creates_rigs_camera_and_depth_plane(ext, image_file):
     scene.frame_set(7)
     assert bpy.ops.dpose.estimate_image() == {"FINISHED"}
 
-    estimator = ext.sequence_job.load_estimator(
-        bpy.context.preferences.addons[EXT].preferences.checkpoint_path, device="cpu",
-        cache_dir=bpy.context.preferences.addons[EXT].preferences.cache_dir)
-    n_people = len(ext.image_estimate.person_boxes(estimator, read_image(image_file)))
     rigs = _rigs()
-    assert len(rigs) == n_people >= 1
+    found = json.loads(rigs[0]["dpose_provenance"])["settings"]["people"]
+    assert len(rigs) == found >= 1  # one rig per person the pipeline returned
     for rig in rigs:
         assert _keyed_frames(ext, rig) == [7]  # one key, at the current frame
         assert rig["dpose_checkpoint_sha256"] and str(image_file.resolve()) in rig["dpose_input"]
@@ -320,42 +318,40 @@ def test_image_operator_creates_rigs_camera_and_depth_plane(ext, image_file):
     assert cam is not None and cam.data.background_images[0].image.filepath
     assert (scene.render.resolution_x, scene.render.resolution_y) == (96, 120)
     planes = [o for o in bpy.data.objects if o.name.startswith("D-PoSE Depth")]
-    assert len(planes) == n_people
+    assert len(planes) == found
+    assert s.last_report == f"Image: done, {found} rig(s)"
 
 
 def test_rig_joints_project_onto_network_joints(ext, image_file):
     """Through the created camera the rig's joints land on the network's 2D joints."""
     import bpy
 
+    from dpose_core.relief import relief_frame_from_estimate, relief_geometry
     from dpose_core.skeleton import JOINT_NAMES
 
     scene = bpy.context.scene
-    settings = ext.operators.image_settings(bpy.context)
-    settings.image_path = str(image_file)
-    settings.person = "largest"
-    settings.add_depth_plane = True
-    result = ext.image_estimate.estimate_image(settings)
-    created = ext.image_estimate.apply_image_result(scene, result, settings)
-    rig = next(o for o in created if o.type == "ARMATURE")
+    scene.dpose.image_path = str(image_file)
+    scene.dpose.people = "LARGEST"
+    scene.dpose.add_depth_plane = True
+    job = ext.operators.start_job(bpy.context, ext.panel_jobs.image_request(bpy.context))
+    assert job.wait(timeout=300) and job.state == ext.jobs.DONE, job.error_text
+    estimate = job.result.result.estimate
+    rig = next(o for o in job.created if o.type == "ARMATURE")
     scene.frame_set(scene.frame_current)
     world = np.array([(rig.matrix_world @ rig.pose.bones[n].head)[:] for n in JOINT_NAMES])
-    pixels = sys.modules[f"{EXT}.dpose_blender.scene_camera"].project_to_pixels(
-        scene, scene.camera, world)
-    expected = result.estimate.joints2d[0, : len(JOINT_NAMES)]
-    assert np.abs(pixels - expected).max() < 0.5
+    scene_camera = sys.modules[f"{EXT}.dpose_blender.scene_camera"]
+    pixels = scene_camera.project_to_pixels(scene, scene.camera, world)
+    assert np.abs(pixels - estimate.joints2d[0, : len(JOINT_NAMES)]).max() < 0.5
     # The relief from the same estimate projects onto its depth-map pixel centres.
-    plane = next(o for o in created if o.name.startswith("D-PoSE Depth"))
-    dp = sys.modules[f"{EXT}.dpose_blender.depth_plane"]
-    frame = dp.relief_frame_from_estimate(result.estimate, 0)
-    _, _, _, centres = dp.relief_geometry(frame, settings.depth_scale)
+    plane = next(o for o in job.created if o.name.startswith("D-PoSE Depth"))
+    centres = relief_geometry(relief_frame_from_estimate(estimate, 0), 0.5).pixels
     verts = np.array([(plane.matrix_world @ v.co)[:] for v in plane.data.vertices])
     assert len(verts) == len(centres) > 0
-    on_screen = sys.modules[f"{EXT}.dpose_blender.scene_camera"].project_to_pixels(
-        scene, scene.camera, verts)
+    on_screen = scene_camera.project_to_pixels(scene, scene.camera, verts)
     assert np.abs(on_screen - centres).max() < 0.01
 
 
-def test_image_keys_onto_selected_rig_at_current_frame(ext, image_file):
+def test_image_keys_onto_selected_rig_at_current_frame(ext, image_file, body_model_npz):
     import bpy
 
     scene = bpy.context.scene
@@ -367,11 +363,14 @@ def test_image_keys_onto_selected_rig_at_current_frame(ext, image_file):
     bpy.context.view_layer.objects.active = rig
     scene.dpose.key_selected = True
     scene.dpose.image_path = ""  # now the image comes from the active camera's background
-    assert ext.image_estimate.background_image_path(scene) == str(image_file)
+    assert ext.panel_jobs.background_image_path(scene) == str(image_file)
+    # The same SMPL-X model, now from its own file (the preferences' SMPL-X Model).
+    bpy.context.preferences.addons[EXT].preferences.body_model_path = str(body_model_npz)
     scene.frame_set(12)
     assert bpy.ops.dpose.estimate_image() == {"FINISHED"}
     assert _rigs() == [rig]
     assert _keyed_frames(ext, rig) == [1, 12]
+    assert json.loads(rig["dpose_provenance"])["settings"]["target_rig"] == rig.name
     # Nothing selected: say so instead of quietly making a new rig.
     bpy.context.view_layer.objects.active = None
     with pytest.raises(RuntimeError, match="not a D-PoSE rig"):
@@ -393,14 +392,25 @@ def test_import_motion_reads_the_body_model_without_building_the_network(ext, tm
     cache = tmp_path / "empty-cache"
     cache.mkdir()
     bpy.context.preferences.addons[EXT].preferences.cache_dir = str(cache)
-    ext.sequence_job._ESTIMATORS.clear()
+    ext.panel_jobs._ESTIMATORS.clear()
     assert bpy.ops.dpose.import_motion(filepath=str(path)) == {"FINISHED"}
     (rig,) = _rigs()
     assert rig.name == "walk" and len(_keyed_frames(ext, rig)) == n
-    assert not ext.sequence_job._ESTIMATORS and not any(cache.iterdir())
+    assert not ext.panel_jobs._ESTIMATORS and not any(cache.iterdir())
 
 
 # ----------------------------------------------------------------------------- sequences
+def _start_sequence(ext, source, **props):
+    """Start the panel's sequence job on `source`: the largest person, the fixed box."""
+    import bpy
+
+    s = bpy.context.scene.dpose
+    s.sequence_path, s.people, s.use_box, s.box = str(source), "LARGEST", True, BOX
+    for name, value in props.items():
+        setattr(s, name, value)
+    return ext.operators.start_job(bpy.context, ext.panel_jobs.video_request(bpy.context))
+
+
 def test_sequence_operator_keys_every_frame_of_a_video(ext, video_file):
     import bpy
 
@@ -431,14 +441,11 @@ def test_corrupt_frame_is_reported_and_skipped(ext, folder_with_corrupt_frame):
     import bpy
 
     scene = bpy.context.scene
-    settings = ext.operators.sequence_settings(bpy.context)
-    settings.source = str(folder_with_corrupt_frame)
-    settings.person = "largest"
-    settings.bbox = BOX
-    job = ext.operators.start_sequence_job(bpy.context, settings)
+    job = _start_sequence(ext, folder_with_corrupt_frame)
     assert job.wait(timeout=300)
     assert job.state == ext.jobs.DONE, job.error_text
-    assert len(job.warnings) == 1 and "frame 1 skipped" in job.warnings[0]
+    assert len(job.warnings) == 1 and "f001.png" in job.warnings[0]
+    assert scene.dpose.last_report == "Sequence: done, 1 rig(s), 1 frame(s) skipped"
     (rig,) = _rigs()
     # The skipped frame is not estimated: its key is interpolated from its neighbours and
     # flagged as such (keyframe type BREAKDOWN), so the action stays continuous.
@@ -457,11 +464,7 @@ def test_opening_a_file_during_a_job_abandons_it(ext, video_file, tmp_path):
 
     other = tmp_path / "other.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(other))
-    settings = ext.operators.sequence_settings(bpy.context)
-    settings.source = str(video_file)
-    settings.person = "largest"
-    settings.bbox = BOX
-    job = ext.operators.start_sequence_job(bpy.context, settings)
+    job = _start_sequence(ext, video_file)
     bpy.ops.wm.open_mainfile(filepath=str(other))
     assert ext.jobs.active_job() is None and job.cancel_event.is_set()
     assert job.wait(timeout=300)
@@ -481,11 +484,7 @@ def test_cancel_keeps_processed_frames(ext, folder_with_corrupt_frame, tmp_path)
         if p.name != "f001.png":
             shutil.copy(p, folder / p.name)
     scene = bpy.context.scene
-    settings = ext.operators.sequence_settings(bpy.context)
-    settings.source = str(folder)
-    settings.person = "largest"
-    settings.bbox = BOX
-    job = ext.operators.start_sequence_job(bpy.context, settings)
+    job = _start_sequence(ext, folder)
     deadline = time.time() + 300
     while not job.drain():
         if job.progress.done >= 1 and not job.cancel_event.is_set():
@@ -520,7 +519,7 @@ def test_failure_while_building_rolls_back_and_reports(ext, image_file, monkeypa
     monkeypatch.setattr(scene_camera, "ensure_camera", refuse)
     scene.dpose.image_path = str(image_file)
     scene.dpose.people = "LARGEST"
-    with pytest.raises(RuntimeError, match="D-PoSE: camera refused"):
+    with pytest.raises(RuntimeError, match="camera refused"):
         bpy.ops.dpose.estimate_image()
     after = {kind: len(getattr(bpy.data, kind)) for kind in before}
     assert after == before
@@ -529,16 +528,16 @@ def test_failure_while_building_rolls_back_and_reports(ext, image_file, monkeypa
     assert ext.jobs.active_job() is None
 
     # Keying onto a rig that was deleted while the job ran: a message saying what to do.
-    job = ext.operators.start_image_job(bpy.context, ext.operators.image_settings(bpy.context))
+    monkeypatch.undo()
+    request = ext.panel_jobs.image_request(bpy.context)
+    job = ext.operators.start_job(bpy.context, request)
     job.wait(timeout=300)
-    settings = ext.operators.image_settings(bpy.context)
-    settings.target_rig = "Deleted rig"
+    request.scene.target_rig = "Deleted rig"
     from dpose_core.errors import DPoseError
 
     with pytest.raises(Exception, match="renamed or deleted.*select a D-PoSE rig") as info:
-        ext.image_estimate.apply_image_result(scene, job.result, settings)
+        ext.panel_jobs.build(scene, request, job.result)
     assert type(info.value).__name__ == DPoseError.__name__
-    assert len(bpy.data.collections) == before["collections"]
 
 
 def test_farm_exports_one_motion_and_bvh_file_per_person(ext, body_model_npz, tmp_path):
@@ -557,9 +556,10 @@ def test_farm_exports_one_motion_and_bvh_file_per_person(ext, body_model_npz, tm
                                            betas=np.zeros(11), fps=25.0)
         created.append(motion_import.import_motion(motions[track], body_model, with_mesh=False,
                                                    name=f"D-PoSE Track {track}"))
-    result = ext.sequence_job.SequenceJobResult(motions=motions)
-    ext.sequence_job.save_outputs(created, result, blend=str(tmp_path / "out.blend"),
-                                  npz=str(tmp_path / "m.npz"), bvh=str(tmp_path / "m.bvh"))
+    takes = [ext.scene_builder.Take(f"D-PoSE Track {t}", motions[t]) for t in (0, 1)]
+    args = argparse.Namespace(output=str(tmp_path / "out.blend"), npz=str(tmp_path / "m.npz"),
+                              fbx=None, bvh=str(tmp_path / "m.bvh"))
+    ext.headless.save_outputs(created, takes, args)
     for track in (0, 1):
         with np.load(tmp_path / f"m_track{track}.npz", allow_pickle=False) as saved:
             np.testing.assert_allclose(saved["pose_body"][:, :3],
@@ -574,3 +574,204 @@ def _rotation_about_z(angles):
     out = np.zeros((len(angles), 3, 3))
     out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1], out[:, 2, 2] = c, -s, s, c, 1
     return out
+
+
+# ----------------------------------------------------------------------------- panel behaviour
+def test_rerun_with_the_same_start_frame_replaces_the_same_frames(ext, video_file):
+    """Source frames First.. land from Start Frame, the footage in step; a re-run lands on the
+    same frames (it used to move 10 frames later each time), onto the selected rig too."""
+    import bpy
+
+    scene = bpy.context.scene
+    job = _start_sequence(ext, video_file, frame_first=1, start_frame=20)
+    assert job.wait(timeout=300) and job.state == ext.jobs.DONE, job.error_text
+    (rig,) = _rigs()
+    assert _keyed_frames(ext, rig) == [20, 21]
+    assert (scene.frame_start, scene.frame_end) == (20, 21)
+    user = scene.camera.data.background_images[0].image_user
+    assert 20 - user.frame_start + user.frame_offset == 1  # source frame 1 shows at frame 20
+
+    bpy.context.view_layer.objects.active = rig
+    job = _start_sequence(ext, video_file, frame_first=1, start_frame=20, key_selected=True)
+    assert job.wait(timeout=300) and job.state == ext.jobs.DONE, job.error_text
+    assert _rigs() == [rig] and _keyed_frames(ext, rig) == [20, 21]
+    assert {len(fc.keyframe_points) for fc in ext.anim_compat.iter_fcurves(rig)} == {2}
+
+
+def test_nobody_found_is_a_warning_with_the_reason_and_nothing_is_done(ext, video_file,
+                                                                      monkeypatch):
+    import bpy
+
+    class NobodyFinder:
+        def find(self, image, hints=()):
+            return []
+
+    localise = sys.modules[f"{EXT}.dpose_core.localise"]
+    monkeypatch.setattr(localise, "make_finder", lambda *args, **kwargs: NobodyFinder())
+    s = bpy.context.scene.dpose
+    s.sequence_path, s.people = str(video_file), "ALL"
+    assert bpy.ops.dpose.estimate_sequence() == {"CANCELLED"}
+    assert not _rigs() and not bpy.data.collections
+    assert s.last_report_level == "WARNING"
+    assert s.last_report.startswith("Sequence: nothing created: Nobody was found in")
+    assert "turn on Person Box" in s.last_report and "done" not in s.last_report
+
+
+def test_a_job_that_cannot_start_replaces_the_old_status_line(ext, video_file):
+    import bpy
+
+    s = bpy.context.scene.dpose
+    s.last_report = "Sequence: done, 1 rig(s)"
+    s.sequence_path, s.use_box, s.box = str(video_file), True, (200, 300, 260, 400)
+    with pytest.raises(RuntimeError, match="Person Box 200, 300, 260, 400 lies outside the "
+                                           "96x120 frames"):
+        bpy.ops.dpose.estimate_sequence()
+    assert s.last_report.startswith("Sequence did not start: The Person Box")
+    assert s.last_report_level == "ERROR"
+    assert ext.jobs.active_job() is None and not _rigs()
+    s.sequence_path = ""
+    with pytest.raises(RuntimeError, match="Choose a video file"):
+        bpy.ops.dpose.estimate_sequence()
+    assert s.last_report == "Sequence did not start: Choose a video file or a folder of images."
+
+
+def _saved_motion(tmp_path, n=3, **extra):
+    from dpose_core.motion import Motion
+    from dpose_core.motion_io import save_motion_npz
+
+    motion = Motion(rotmats=np.tile(np.eye(3), (n, 55, 1, 1)), transl=np.zeros((n, 3)) + 3.0,
+                    betas=np.zeros(11), fps=30.0, **extra)
+    return save_motion_npz(tmp_path / "walk.npz", motion)
+
+
+def test_import_motion_is_in_file_import_and_honours_mesh_and_start_frame(ext, tmp_path):
+    import bpy
+
+    assert ext.operators.menu_import in bpy.types.TOPBAR_MT_file_import._dyn_ui_initialize()
+    s = bpy.context.scene.dpose
+    s.add_mesh, s.start_frame = True, 5
+    assert bpy.ops.dpose.import_motion(filepath=str(_saved_motion(tmp_path))) == {"FINISHED"}
+    (rig,) = _rigs()
+    assert _keyed_frames(ext, rig) == [5, 6, 7]
+    assert [c.type for c in rig.children] == ["MESH"]
+    assert bpy.ops.dpose.import_motion(filepath=str(tmp_path / "walk.npz"),
+                                       add_mesh=False) == {"FINISHED"}
+    assert len(_rigs()) == 2 and not _rigs()[1].children
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"frame,x\n0,1\n", "walk.npz is a text file, not a motion .npz archive"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "walk.npz is a PNG image, not a motion .npz"),
+])
+def test_import_motion_names_a_file_that_is_no_npz(ext, tmp_path, content, message):
+    import bpy
+
+    (tmp_path / "walk.npz").write_bytes(content)
+    with pytest.raises(RuntimeError, match=message):
+        bpy.ops.dpose.import_motion(filepath=str(tmp_path / "walk.npz"))
+    assert not bpy.data.objects
+
+
+def test_import_motion_with_huge_frame_numbers_builds_nothing(ext, tmp_path):
+    import bpy
+
+    path = _saved_motion(tmp_path, n=2, frame_indices=[0, 2**40])
+    with pytest.raises(RuntimeError, match="outside Blender's 0..1048574"):
+        bpy.ops.dpose.import_motion(filepath=str(path))
+    assert not (bpy.data.objects or bpy.data.armatures or bpy.data.actions)
+    assert bpy.context.scene.dpose.last_report.startswith("Import failed: The motion's frames")
+
+
+def test_exports_from_the_panel_write_npz_fbx_and_bvh(ext, tmp_path):
+    import bpy
+
+    from dpose_core.motion_io import load_motion_npz
+
+    assert bpy.ops.dpose.import_motion(filepath=str(_saved_motion(tmp_path))) == {"FINISHED"}
+    (rig,) = _rigs()
+    bpy.context.view_layer.objects.active = rig
+    out = tmp_path / "out"
+    out.mkdir()
+    assert bpy.ops.dpose.export_npz(filepath=str(out / "m.npz")) == {"FINISHED"}
+    back = load_motion_npz(out / "m.npz")
+    np.testing.assert_allclose(back.transl, 3.0, atol=1e-6)
+    assert len(back) == 3
+    assert bpy.ops.dpose.export_fbx(filepath=str(out / "m.fbx")) == {"FINISHED"}
+    assert (out / "m.fbx").read_bytes().startswith(b"Kaydara FBX Binary")
+    assert bpy.ops.dpose.export_bvh(filepath=str(out / "m.bvh")) == {"FINISHED"}
+    assert (out / "m.bvh").read_text().startswith("HIERARCHY")
+    assert sorted(p.name for p in out.iterdir()) == ["m.bvh", "m.fbx", "m.npz"]  # no temp left
+    # The file the rig was made from is never overwritten.
+    before = (tmp_path / "walk.npz").read_bytes()
+    with pytest.raises(RuntimeError, match="is an input of this scene"):
+        bpy.ops.dpose.export_npz(filepath=str(tmp_path / "walk.npz"))
+    assert (tmp_path / "walk.npz").read_bytes() == before
+    panel_log = _draw_all(ext, bpy.context)
+    assert {("operator", f"dpose.export_{f}") for f in ("npz", "fbx", "bvh")} <= set(panel_log)
+
+
+# ----------------------------------------------------------------------------- one pipeline
+@pytest.fixture(scope="module")
+def astronaut_png(tmp_path_factory):
+    """A real photo shipped with scikit-image (512 x 512), written as a PNG."""
+    import cv2
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    cv2.imwrite(str(path), data.astronaut()[:, :, ::-1])
+    return path
+
+
+def test_cli_panel_and_farm_script_agree_on_a_real_photo(ext, astronaut_png, checkpoint_path,
+                                                         onnx_cache_dir, tmp_path, monkeypatch):
+    """The same photo and options, people found automatically, through the three entry
+    points: the CLI's JSON, the panel's rigs seen through the panel's camera and the farm
+    script's motion files give the same 2D joints (<= 0.5 px) and rotations (<= 1e-5)."""
+    import bpy
+
+    from dpose_core.body_model import BODY_MODEL_PREFIX, BodyModel
+    from dpose_core.camera import project
+    from dpose_core.checkpoint import load_checkpoint_arrays
+    from dpose_core.cli import main as cli_main
+    from dpose_core.motion_io import load_motion_npz
+    from dpose_core.sequence import track_output_paths
+    from dpose_core.skeleton import JOINT_NAMES
+
+    monkeypatch.setenv("DPOSE_CACHE", str(onnx_cache_dir))
+    cli_json = tmp_path / "cli.json"
+    assert cli_main(["estimate", str(astronaut_png), "--checkpoint", str(checkpoint_path),
+                     "--device", "cpu", "-o", str(cli_json)]) == 0
+    cli = json.loads(cli_json.read_text())
+    cli_rotmats, cli_joints2d = np.array(cli["rotmats"]), np.array(cli["joints2d"])[:, :55]
+    people = len(cli_rotmats)
+    assert people >= 1
+
+    # The panel: one rig per person, keyed at the current frame, and the matching camera.
+    scene = bpy.context.scene
+    scene.dpose.image_path, scene.dpose.people = str(astronaut_png), "ALL"
+    assert bpy.ops.dpose.estimate_image() == {"FINISHED"}
+    rigs = [bpy.data.objects[f"D-PoSE Person {k}"] for k in range(people)]
+    assert len(_rigs()) == people
+    scene_camera = sys.modules[f"{EXT}.dpose_blender.scene_camera"]
+    for k, rig in enumerate(rigs):
+        heads = np.array([(rig.matrix_world @ rig.pose.bones[n].head)[:] for n in JOINT_NAMES])
+        panel_2d = scene_camera.project_to_pixels(scene, scene.camera, heads)
+        assert np.abs(panel_2d - cli_joints2d[k]).max() <= 0.5
+        panel_rot = ext.keyframes.read_motion_keys(rig).rotmats[0, :22]
+        assert np.abs(panel_rot - cli_rotmats[k]).max() <= 1e-5
+
+    # The farm script: one motion file per person, named as the CLI names them.
+    npz = tmp_path / "farm.npz"
+    code = ext.headless.main(["blender", "--", "--input", str(astronaut_png),
+                              "--output", str(tmp_path / "farm.blend"), "--npz", str(npz),
+                              "--checkpoint", str(checkpoint_path), "--device", "cpu",
+                              "--cache-dir", str(onnx_cache_dir)])
+    assert code == 0
+    body = BodyModel.from_arrays(load_checkpoint_arrays(checkpoint_path, only=BODY_MODEL_PREFIX))
+    for k, path in track_output_paths(npz, list(range(people))).items():
+        motion = load_motion_npz(path)
+        assert np.abs(motion.rotmats[0, :22] - cli_rotmats[k]).max() <= 1e-5
+        joints = motion.body_output(body).joints[:, :55]
+        farm_2d = project(joints, np.zeros((1, 3)), motion.focal_px[:1],
+                          motion.principal_point[:1])[0]
+        assert np.abs(farm_2d - cli_joints2d[k]).max() <= 0.5

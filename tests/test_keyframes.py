@@ -183,8 +183,9 @@ def test_scene_fps_and_frame_range_follow_the_motion(model, fps, rate):
 def test_motion_file_imports_onto_a_new_rig(model, tmp_path):
     motion = _random_motion(8, n=6, fps=24.0)
     path = save_motion_npz(tmp_path / "walk.npz", motion)
-    armature = motion_import.import_motion_file(path, model, with_mesh=True)
+    armature, mesh = motion_import.import_motion_file(path, model, with_mesh=True)
     assert armature.name == "walk" and bpy.context.scene.render.fps == 24
+    assert mesh.type == "MESH" and '"kind": "import"' in armature["dpose_provenance"]
     assert any(o.type == "MESH" and o.parent == armature for o in bpy.data.objects)
     back = keyframes.read_motion_keys(armature)
     np.testing.assert_allclose(back.rotmats, motion.rotmats, atol=1e-6)
@@ -202,8 +203,7 @@ def test_amass_convention_file_imports_z_up(model, body_model_npz, tmp_path):
     np.savez(tmp_path / "amass_poses.npz", poses=matrix_to_axis_angle(rotmats).reshape(n, 165),
              trans=trans, betas=betas16, gender=np.array("female"),
              mocap_frame_rate=np.array(120.0), surface_model_type=np.array("smplx"))
-    armature = motion_import.import_motion_file(tmp_path / "amass_poses.npz", model,
-                                                with_mesh=False)
+    (armature,) = motion_import.import_motion_file(tmp_path / "amass_poses.npz", model)
     assert bpy.context.scene.render.fps == 120
     np.testing.assert_allclose(np.array(armature.matrix_world), np.eye(4), atol=1e-7)
     _, joints = smplx_reference(body_model_npz, rotmats, betas16[:11], trans)
@@ -217,8 +217,43 @@ def test_amass_convention_file_imports_z_up(model, body_model_npz, tmp_path):
 def test_unreadable_motion_file_raises_motion_file_error(model, tmp_path):
     bad = tmp_path / "not_motion.npz"
     np.savez(bad, something=np.zeros(3))
-    with pytest.raises(MotionFileError):
+    with pytest.raises(MotionFileError, match="no SMPL-X pose found"):
         motion_import.import_motion_file(bad, model)
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"frame,x,y\n0,1,2\n", "is a text file, not a motion .npz archive"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "is a PNG image, not a motion .npz"),
+])
+def test_a_text_file_or_png_named_npz_is_named_for_what_it_is(model, tmp_path, content, what):
+    path = tmp_path / "walk.npz"
+    path.write_bytes(content)
+    with pytest.raises(MotionFileError, match=what):
+        motion_import.import_motion_file(path, model)
+    assert not bpy.data.objects
+
+
+def test_huge_frame_numbers_are_refused_before_anything_is_built(model, tmp_path):
+    motion = _random_motion(12, n=2, frame_indices=[0, 2**40])
+    path = save_motion_npz(tmp_path / "damaged.npz", motion)
+    with pytest.raises(MotionFileError, match=r"outside Blender's 0\.\.1048574"):
+        motion_import.import_motion_file(path, model, with_mesh=True)
+    assert not (bpy.data.objects or bpy.data.armatures or bpy.data.actions or bpy.data.meshes)
+
+
+def test_a_failure_while_building_leaves_the_scene_as_it_was(model, tmp_path, monkeypatch):
+    path = save_motion_npz(tmp_path / "walk.npz", _random_motion(13, n=3))
+    scene = bpy.context.scene
+    scene.frame_start, scene.frame_end = 4, 9
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("keying refused")
+
+    monkeypatch.setattr(keyframes, "_write", refuse)
+    with pytest.raises(RuntimeError, match="keying refused"):
+        motion_import.import_motion_file(path, model, with_mesh=True)
+    assert not (bpy.data.objects or bpy.data.armatures or bpy.data.meshes)
+    assert (scene.frame_start, scene.frame_end) == (4, 9)
 
 
 def test_keys_outside_the_range_survive_with_their_settings(model):

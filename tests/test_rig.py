@@ -94,12 +94,18 @@ def test_person_facing_a_level_camera_stands_upright_and_keys_identity_root(mode
     np.testing.assert_allclose(np.abs(quat), [1, 0, 0, 0], atol=1e-6)
 
 
-def test_pose_conversion_round_trips_in_float64(model):
+def test_blender_bone_frames_are_the_core_rig_frames(model):
+    """The bones Blender made carry the frames dpose_core.rig_frames computes (float32)."""
+    from dpose_core.rig_frames import RigFrame
+
     motion = _random_motion(seed=11, n=5)
     armature = rig.build_armature(model, motion.betas)
-    frame = rig.RigFrame.from_armature(armature)
-    quats, location = frame.pose_from_smplx(motion.rotmats, motion.transl)
-    rotmats, transl = frame.smplx_from_pose(quats, location)
+    read = rig.rig_frame(armature)
+    computed = RigFrame.for_body(model, motion.betas, read.world_frame)
+    np.testing.assert_allclose(read.bone_rest, computed.bone_rest, atol=2e-5)
+    np.testing.assert_allclose(read.rest_joints, computed.rest_joints, atol=1e-12)
+    quats, location = read.pose_from_smplx(motion.rotmats, motion.transl)
+    rotmats, transl = read.smplx_from_pose(quats, location)
     np.testing.assert_allclose(rotmats, motion.rotmats, atol=1e-12)
     np.testing.assert_allclose(transl, motion.transl, atol=1e-12)
 
@@ -107,7 +113,7 @@ def test_pose_conversion_round_trips_in_float64(model):
 def test_non_rig_objects_are_refused_with_a_typed_error():
     armature = bpy.data.objects.new("plain", bpy.data.armatures.new("plain"))
     with pytest.raises(DPoseError, match="not a D-PoSE SMPL-X armature"):
-        rig.RigFrame.from_armature(armature)
+        rig.rig_frame(armature)
 
 
 def test_motion_in_another_frame_is_converted_onto_the_rig(model, body_model_npz):

@@ -32,7 +32,7 @@ def test_camera_projection_matches_opencv(size, focal, pp):
     scene_camera = import_blender_module("scene_camera")
     from dpose_core import coords
 
-    f = focal or scene_camera.diagonal_focal_px(size)
+    f = focal or float(np.hypot(*size))  # the network's default: the image diagonal
     pp_used = pp or (size[0] / 2, size[1] / 2)
     scene = bpy.context.scene
     cam = scene_camera.ensure_camera(scene, image_size=size, focal_px=f, principal_point=pp)
@@ -50,17 +50,6 @@ def test_camera_projection_matches_opencv(size, focal, pp):
     assert cam.data.lens_unit == "MILLIMETERS"
     assert scene.camera == cam
     np.testing.assert_allclose(tuple(cam.rotation_euler), (math.pi / 2, 0, 0), atol=1e-6)
-
-
-def test_fov_focal_and_shift_maths():
-    scene_camera = import_blender_module("scene_camera")
-    # 90 degrees across the longer side: the focal length is half that side.
-    assert scene_camera.focal_from_fov((800, 600), 90.0) == pytest.approx(400.0)
-    s = scene_camera.camera_intrinsics_to_blender((800, 600), 400.0)
-    assert s.lens_mm == pytest.approx(400.0 * 36.0 / 800.0)
-    assert (s.shift_x, s.shift_y) == (0.0, 0.0)
-    with pytest.raises(ValueError):
-        scene_camera.focal_from_fov((800, 600), 0.0)
 
 
 def test_background_image_on_camera(tmp_path):
@@ -96,3 +85,8 @@ def test_sequence_background_plays_source_frames_from_frame_start(tmp_path):
     # Blender shows file number scene_frame - frame_start + offset + 1: frame 10 -> 0005.
     assert 10 - user.frame_start + user.frame_offset + 1 == 5
     assert user.frame_duration == 3
+    # A job that started at source frame 1 keys it at its start frame: 0006 shows there.
+    scene_camera.set_camera_background(cam, seq, frame_start=4, first_source_frame=1,
+                                       frame_duration=2)
+    user = cam.data.background_images[0].image_user
+    assert 4 - user.frame_start + user.frame_offset + 1 == 6 and user.frame_duration == 2

@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// Flamenco job type "D-PoSE Mocap": a long shot solved in chunks on many workers, then merged
+// into one .blend (rigs, camera, keys) plus motion files. Install: see farm/README.md.
+//
+// Each solve task runs Blender headless on one chunk of source frames (plus the overlap before
+// it, used to match people across the seam) and writes a chunk file; the merge task depends on
+// all of them and runs the smoothing, gap filling and scene building once over the whole shot,
+// so the result does not depend on where the seams fall.
+
+const JOB_TYPE = {
+  label: "D-PoSE Mocap",
+  description: "Video or image folder to SMPL-X motion, solved in chunks and merged.",
+  settings: [
+    { key: "input", type: "string", subtype: "file_path", required: true,
+      description: "Video file or image folder (a path every worker can read)" },
+    { key: "output_dir", type: "string", subtype: "dir_path", required: true,
+      description: "Folder for the chunk files, the merged .blend and the motion files" },
+    { key: "frames", type: "string", required: true, default: "0-299",
+      description: "Source frames to solve, 0-based and inclusive, one contiguous range: '0-2999'" },
+    { key: "chunk_size", type: "int32", default: 200, propargs: { min: 10 },
+      description: "Source frames per solve task" },
+    { key: "chunk_overlap", type: "int32", default: 16, propargs: { min: 0 },
+      description: "Frames each chunk also solves before its own range, to match people across seams" },
+    { key: "headless_script", type: "string", subtype: "file_path", required: true,
+      description: "dpose_blender/headless.py inside the D-PoSE extension on the workers" },
+    { key: "checkpoint", type: "string", subtype: "file_path", default: "",
+      description: "paper_arxiv.ckpt (empty: $DPOSE_CHECKPOINT or the add-on preferences on the worker)" },
+    { key: "device", type: "string", default: "auto", choices: ["auto", "cpu", "cuda"],
+      description: "auto uses CUDA where ONNX Runtime has it, else the CPU" },
+    { key: "person_box", type: "string", default: "",
+      description: "Optional x0,y0,x1,y1 in pixels: the person to follow (empty: find people)" },
+    { key: "smooth", type: "float", default: 1.0, propargs: { min: 0.0 },
+      description: "Smoothing strength at the merge (0 off, 1 default, 2 twice as smooth)" },
+    { key: "export_fbx", type: "bool", default: false, description: "Also write motion.fbx" },
+    { key: "export_bvh", type: "bool", default: false, description: "Also write motion.bvh" },
+    { key: "strict", type: "bool", default: false,
+      description: "Fail a task when any frame had to be skipped or interpolated" },
+  ],
+};
+
+function compileJob(job) {
+  const s = job.settings;
+  const range = parseContiguousRange(s.frames);
+  if (s.chunk_size < 1) {
+    throw "chunk_size must be at least 1";
+  }
+  if (s.chunk_overlap < 0) {
+    throw "chunk_overlap must not be negative";
+  }
+  const chunkDir = path.join(s.output_dir, "chunks");
+  const common = solveOptions(s);
+  const solveTasks = [];
+  const chunkFiles = [];
+  for (const chunk of frameChunker(s.frames, s.chunk_size)) {
+    const [first, last] = parseContiguousRange(chunk);
+    const chunkFile = path.join(chunkDir, `chunk_${pad(first)}.npz`);
+    const warmUp = Math.min(s.chunk_overlap, first - range[0]);
+    const task = author.Task(`solve-${chunk}`, "blender");
+    task.addCommand(author.Command("blender-render", {
+      exe: "{blender}",
+      exeArgs: "{blenderArgs}",
+      argsBefore: [],
+      blendfile: "",
+      args: ["--python", s.headless_script, "--",
+             "--input", s.input, "--start", String(first), "--end", String(last + 1),
+             "--chunk-overlap", String(warmUp), "--chunk-output", chunkFile,
+             "--progress", "flamenco"].concat(common),
+    }, frameCount(chunk) + warmUp));
+    solveTasks.push(task);
+    chunkFiles.push(chunkFile);
+    job.addTask(task);
+  }
+
+  const merge = author.Task("merge", "blender");
+  const outputs = ["--output", path.join(s.output_dir, "motion.blend"),
+                   "--npz", path.join(s.output_dir, "motion.npz")];
+  if (s.export_fbx) outputs.push("--fbx", path.join(s.output_dir, "motion.fbx"));
+  if (s.export_bvh) outputs.push("--bvh", path.join(s.output_dir, "motion.bvh"));
+  const mergeArgs = ["--python", s.headless_script, "--", "--merge"].concat(chunkFiles,
+    ["--frames", `${range[0]}-${range[1]}`, "--smooth", String(s.smooth),
+     "--progress", "flamenco"], outputs);
+  if (s.checkpoint) mergeArgs.push("--checkpoint", s.checkpoint);  // the rig's body model
+  if (s.strict) mergeArgs.push("--strict");
+  merge.addCommand(author.Command("blender-render", {
+    exe: "{blender}",
+    exeArgs: "{blenderArgs}",
+    argsBefore: [],
+    blendfile: "",
+    args: mergeArgs,
+  }, 1));
+  for (const t of solveTasks) {
+    merge.addDependency(t);
+  }
+  job.addTask(merge);
+}
+
+// Options every solve task shares; they are recorded in each chunk, and the merge refuses
+// chunks solved with different ones.
+function solveOptions(s) {
+  const args = ["--device", s.device];
+  if (s.checkpoint) args.push("--checkpoint", s.checkpoint);
+  if (s.person_box) args.push(`--bbox=${s.person_box}`);  // "=": a box may start with "-"
+  if (s.strict) args.push("--strict");
+  return args;
+}
+
+function parseContiguousRange(text) {
+  const m = /^\s*(\d+)\s*(?:(?:-|\.\.)\s*(\d+))?\s*$/.exec(String(text));
+  if (!m) {
+    throw `frames must be one contiguous range like 0-2999, got "${text}"`;
+  }
+  const first = parseInt(m[1], 10);
+  const last = m[2] === undefined ? first : parseInt(m[2], 10);
+  if (last < first) {
+    throw `frames: the last frame comes before the first in "${text}"`;
+  }
+  return [first, last];
+}
+
+function pad(n) {
+  return String(n).padStart(6, "0");
+}
