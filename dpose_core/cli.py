@@ -333,6 +333,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
         line("ok", "onnxruntime", f"{ort.__version__}; providers: "
              + ", ".join(ort.get_available_providers()))  # fmt: skip
+        from .providers import installed_runtimes, provider_for
+
+        provider, why = provider_for(args.device)
+        line("ok", f"device {args.device}", f"{provider} ({why})")
+        runtimes = installed_runtimes()
+        if len(runtimes) > 1 and "CUDAExecutionProvider" not in ort.get_available_providers():
+            problems += 1  # both share one folder and the CPU build's files won
+            line("FAIL", "onnxruntime packages", f"{' and '.join(runtimes)} share files and the "
+                 "CPU build's won: pip install --force-reinstall --no-deps "
+                 f"onnxruntime-gpu=={runtimes[-1].split()[-1]}")
     except ImportError as exc:
         problems += 1
         line("MISSING", "onnxruntime", f"{exc}; pip install onnxruntime")
@@ -500,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("doctor", help="check the installation, checkpoint and body model")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="say which ONNX Runtime provider this setting runs on here")
     p.add_argument("--checkpoint", help="paper_arxiv.ckpt (default: $DPOSE_CHECKPOINT)")
     p.add_argument("--body-model", help="SMPL-X model file (default: the checkpoint's own)")
     p.set_defaults(func=cmd_doctor)
