@@ -9,8 +9,8 @@ from the upright rest. The target is an armature: per bone the rest matrix C_b i
 space (Blender's Bone.matrix_local, Y along the bone) and the object matrix T.
 
 Per mapped bone b <- joint j the target's world rotation is W_b = D_j Q_b (T C_b):
-- F turns the target's rest facing frame (up = pelvis to head, left = right to left hip and
-  shoulder) onto SMPL-X's, so rigs modelled facing +Y work too;
+- F turns the target about the world's up axis so that its rest faces like SMPL-X's (left =
+  right to left hip and shoulder), so rigs modelled facing +Y work too;
 - Q_b = minimal rotation taking F v_b onto u_j, then F: v_b and u_j are the rest directions
   of the limb from the bone / joint to the first mapped bone further down SMPL-X's main chain
   (or the bone's own axis at a leaf). A-pose arms are thus swung onto the T-pose before the
@@ -308,20 +308,21 @@ class _Plan:
                                                                                 joints=True)
 
     # -- rest alignment
-    def _frame(self, points: dict[str, np.ndarray]) -> np.ndarray:
-        up = points["head"] - points["pelvis"]
-        left = (points["left_hip"] - points["right_hip"]
-                + points["left_shoulder"] - points["right_shoulder"])
-        up /= np.linalg.norm(up)
-        left = left - (left @ up) * up
-        left /= np.linalg.norm(left)
-        return np.stack([left, up, np.cross(left, up)], axis=1)
-
     def _facing_alignment(self) -> np.ndarray:
-        names = ("head", "pelvis", "left_hip", "right_hip", "left_shoulder", "right_shoulder")
-        source = {n: self.source_rest[JOINT_NAMES.index(n)] for n in names}
-        target = {n: self.heads_world[self.by_joint[JOINT_NAMES.index(n)]] for n in names}
-        return self._frame(source) @ self._frame(target).T
+        """F: the turn about the world's up axis (Z) that gives the target's rest the facing
+        of SMPL-X's (left = right to left hip plus right to left shoulder, made horizontal).
+        Only a heading, rounded to a quarter turn (rigs are modelled facing along an axis, and
+        an asymmetric body must not turn the whole rig); leaning is left to each limb's swing."""
+        def left(points, index):
+            v = (points[index("left_hip")] - points[index("right_hip")]
+                 + points[index("left_shoulder")] - points[index("right_shoulder")])
+            return v[:2] / np.linalg.norm(v[:2])
+
+        source = left(self.source_rest, JOINT_NAMES.index)
+        target = left(self.heads_world, lambda n: self.by_joint[JOINT_NAMES.index(n)])
+        angle = np.arctan2(target[0] * source[1] - target[1] * source[0], target @ source)
+        angle = np.round(angle / (np.pi / 2)) * (np.pi / 2)
+        return axis_rotation(np.array([0.0, 0.0, 1.0]), angle)
 
     def _alignment(self, b: int) -> np.ndarray:
         """Q_b: target rest world frame -> the frame the source joint's motion is applied to."""

@@ -1,0 +1,369 @@
+"""Retarget a D-PoSE take onto the artist's own armature: one new action, on its own NLA track.
+
+The maths is dpose_core.retarget (bpy-free); this module reads the target's rest pose, writes
+the keys in bulk (keyframes/anim_compat helpers) and pushes the action onto an NLA strip so
+takes can be layered. Bones whose parent is moved by constraints (Rigify's MCH parents) cannot
+be keyed from the rest pose alone: their parent's pose is read from Blender's evaluation, a
+few passes over the frames, one per depth of such bones. Constraints that cannot move a parent
+(muted, zero influence, Copy Scale: scale is never keyed) are not counted.
+
+Rigify: the FK controls are driven. A limb whose IK/FK switch is on IK gets its switch keyed
+to FK in the take (so it plays the motion exactly), and its IK hand/foot control keyed to
+follow the FK hand/foot, so switching to IK later keeps hands and feet in place.
+On any error the scene is put back: new data-blocks removed, the target's action, NLA tracks
+and mode restored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import bpy
+import numpy as np
+from mathutils import Euler, Matrix
+
+from ..dpose_core import bone_maps
+from ..dpose_core import retarget as core
+from ..dpose_core.errors import DPoseError
+from ..dpose_core.motion import Motion
+from ..dpose_core.rotations import make_quaternions_continuous, matrix_to_quaternion
+from . import anim_compat, keyframes
+from .rig import RigFrame
+from .rollback import SceneSnapshot
+
+# Rigify limbs: IK/FK switch bone, FK end control, IK end control (per side).
+_RIGIFY_LIMBS = (("upper_arm_parent.{S}", "hand_fk.{S}", "hand_ik.{S}"),
+                 ("thigh_parent.{S}", "foot_fk.{S}", "foot_ik.{S}"))
+_IK_FK = "IK_FK"  # Rigify: 0 = IK, 1 = FK
+_HARMLESS_CONSTRAINTS = {"COPY_SCALE", "LIMIT_SCALE", "MAINTAIN_VOLUME"}
+
+
+@dataclass
+class RetargetReport:
+    """What retarget_motion did: the new action, its NLA track, the Blender frames keyed, the
+    bone map used (and the preset it came from, if any), and a one-line summary."""
+
+    action: bpy.types.Action
+    track_name: str
+    first_frame: int
+    last_frame: int
+    preset: str | None
+    bone_map: dict
+    message: str
+
+
+def read_skeleton(armature: bpy.types.Object) -> core.TargetSkeleton:
+    """The rest pose of an armature object as the core engine reads it."""
+    if armature is None or armature.type != "ARMATURE":
+        raise DPoseError(f"{getattr(armature, 'name', armature)!r} is not an armature; select "
+                         "the character's armature as the retarget target.")
+    bones = armature.data.bones
+    names = [b.name for b in bones]
+    index = {n: i for i, n in enumerate(names)}
+    parents = [index[b.parent.name] if b.parent else -1 for b in bones]
+    rest = np.array([b.matrix_local for b in bones], dtype=np.float64).reshape(-1, 4, 4)
+    return core.TargetSkeleton(names, parents, rest, np.array(armature.matrix_world),
+                               armature.name)
+
+
+def detect_bone_map(armature: bpy.types.Object) -> tuple[str, dict]:
+    """(preset, {bone: joint}) picked from the armature's bone names; DPoseError if none fits."""
+    return bone_maps.detect_preset(b.name for b in armature.data.bones)
+
+
+def retarget_rig(
+    source: bpy.types.Object,
+    target: bpy.types.Object,
+    *,
+    bone_map: dict | None = None,
+    root_motion: str = "bone",
+    contacts: np.ndarray | None = None,
+    take_name: str | None = None,
+    scene: bpy.types.Scene | None = None,
+) -> RetargetReport:
+    """Retarget the keyed motion of a D-PoSE SMPL-X rig (rig.build_armature) onto `target`."""
+    rig = RigFrame.from_armature(source)
+    if source.animation_data is None or source.animation_data.action is None:
+        raise DPoseError(f"{source.name!r} has no action to retarget; estimate or import a "
+                         "motion first.")
+    try:
+        motion = keyframes.read_motion_keys(source, scene=scene)
+    except ValueError as exc:
+        raise DPoseError(f"{source.name!r} has no motion keys to retarget ({exc}).") from None
+    offset = int(source.get(keyframes.PROP_FRAME_OFFSET, 1))
+    return retarget_motion(motion, rig.rest_joints, target, bone_map=bone_map,
+                           root_motion=root_motion, contacts=contacts, frame_offset=offset,
+                           take_name=take_name or source.name, scene=scene)
+
+
+def retarget_motion(
+    motion: Motion,
+    rest_joints: np.ndarray,
+    target: bpy.types.Object,
+    *,
+    bone_map: dict | None = None,
+    root_motion: str = "bone",
+    contacts: np.ndarray | None = None,
+    frame_offset: int = 1,
+    take_name: str = "Take",
+    scene: bpy.types.Scene | None = None,
+) -> RetargetReport:
+    """Bake `motion` (SMPL-X, rest joints J(beta) (55,3) model frame) onto `target` as a new
+    action pushed onto a new NLA track; keys at Blender frames frame_offset + frame_indices.
+
+    bone_map {bone: joint} (default: detected from the bone names); root_motion "bone",
+    "object" or "in_place"; contacts (N,4) heel/toe per foot to plant the feet.
+    """
+    scene = scene or bpy.context.scene
+    skeleton = read_skeleton(target)
+    _refuse_scaled_pose(target)
+    preset = None
+    if bone_map is None:
+        preset, bone_map = detect_bone_map(target)
+    result = core.retarget(motion.rotmats, motion.transl, rest_joints, skeleton, bone_map,
+                           coordinate_frame=motion.coordinate_frame, root_motion=root_motion,
+                           contacts=contacts)
+    frames = (frame_offset + motion.frame_indices).astype(np.float64)
+    snapshot = SceneSnapshot(scene)
+    state = _AnimState(target, scene)
+    try:
+        action, track_name, switched = _bake(target, skeleton, result, frames, take_name, scene)
+    except BaseException:
+        state.restore()
+        snapshot.restore()
+        raise
+    state.restore_view()
+    note = f"; IK limbs keyed to FK: {', '.join(switched)}" if switched else ""
+    return RetargetReport(
+        action=action, track_name=track_name, first_frame=int(frames.min()),
+        last_frame=int(frames.max()), preset=preset, bone_map=dict(bone_map),
+        message=f"{take_name} -> {target.name}: {result.report}{note}",
+    )
+
+
+# ---------------------------------------------------------------------- internals
+class _AnimState:
+    """The target's animation setup, mode and the scene frame, to restore after a failure."""
+
+    def __init__(self, target: bpy.types.Object, scene: bpy.types.Scene) -> None:
+        self.target, self.scene = target, scene
+        anim = target.animation_data
+        self.had_anim = anim is not None
+        self.action = anim.action if anim else None
+        self.slot = getattr(anim, "action_slot", None) if anim else None
+        self.tracks = {t.as_pointer() for t in anim.nla_tracks} if anim else set()
+        self.frame = scene.frame_current
+        self.mode = bpy.context.mode
+        self.active = bpy.context.view_layer.objects.active
+        if self.mode != "OBJECT" and self.active is not None:
+            bpy.ops.object.mode_set(mode="OBJECT")
+
+    def restore(self) -> None:
+        anim = self.target.animation_data
+        if anim is not None:
+            for track in [t for t in anim.nla_tracks if t.as_pointer() not in self.tracks]:
+                anim.nla_tracks.remove(track)
+            if anim.action != self.action:
+                anim.action = self.action
+                if self.slot is not None and anim.action_slot != self.slot:
+                    anim.action_slot = self.slot
+            if not self.had_anim and len(anim.nla_tracks) == 0:
+                self.target.animation_data_clear()
+        self.restore_view()
+
+    def restore_view(self) -> None:
+        self.scene.frame_set(self.frame)
+        if self.mode != "OBJECT" and self.active is not None:
+            bpy.context.view_layer.objects.active = self.active
+            bpy.ops.object.mode_set(mode=_MODE_SET.get(self.mode, self.mode))
+
+
+_MODE_SET = {"EDIT_ARMATURE": "EDIT", "EDIT_MESH": "EDIT", "PAINT_WEIGHT": "WEIGHT_PAINT"}
+
+
+def _refuse_scaled_pose(target: bpy.types.Object) -> None:
+    for pose_bone in target.pose.bones:
+        if any(abs(s - 1.0) > 1e-6 for s in pose_bone.scale):
+            raise DPoseError(
+                f"Bone {pose_bone.name!r} of {target.name!r} is scaled in its pose; clear its "
+                "scale (Alt+S) before retargeting."
+            )
+
+
+def _moves_parent(pose_bone: bpy.types.PoseBone) -> bool:
+    """True when a bone's own constraints (or inheritance settings) can move its children
+    away from what its basis and parent give."""
+    bone = pose_bone.bone
+    if not (bone.use_inherit_rotation and bone.inherit_scale == "FULL"):
+        return True
+    return any(c.enabled and c.influence > 0 and c.type not in _HARMLESS_CONSTRAINTS
+               for c in pose_bone.constraints)
+
+
+def _rigify_ik_extras(target, skeleton, result) -> tuple[dict, list[str]]:
+    """For IK-on limbs: {IK control: (FK end, FK end -> IK control rest offset)} and the
+    switches to key to FK."""
+    pose_bones = target.pose.bones
+    extras, switched = {}, []
+    for side in ("L", "R"):
+        for switch, fk_end, ik_end in _RIGIFY_LIMBS:
+            switch, fk_end, ik_end = (n.format(S=side) for n in (switch, fk_end, ik_end))
+            if switch not in pose_bones or _IK_FK not in pose_bones[switch]:
+                continue
+            if fk_end not in result.rotated or ik_end not in pose_bones:
+                continue
+            if float(pose_bones[switch][_IK_FK]) >= 1.0:
+                continue
+            fk, ik = skeleton.index(fk_end), skeleton.index(ik_end)
+            extras[ik] = (fk, core.rigid_inverse(skeleton.rest[fk]) @ skeleton.rest[ik])
+            switched.append(switch)
+    return extras, switched
+
+
+def _bake(target, skeleton, result, frames, take_name, scene):
+    """Write every key into a new action, push it onto a new NLA track; returns
+    (action, track name, switched Rigify limbs)."""
+    extras, switched = _rigify_ik_extras(target, skeleton, result)
+    desired = {skeleton.index(n): result.pose[:, skeleton.index(n)] for n in result.rotated}
+    located = {skeleton.index(n) for n in result.located}
+    for name in result.located:
+        desired.setdefault(skeleton.index(name), result.pose[:, skeleton.index(name)])
+
+    anim = target.animation_data or target.animation_data_create()
+    previous = anim.action
+    if previous is not None:  # stash the user's action under ours, as Blender does
+        stash = anim.nla_tracks.new()
+        stash.name = "[Action Stash]"
+        stash.strips.new(previous.name, int(previous.frame_range[0]), previous)
+        stash.mute = True
+        anim.action = None
+    action = anim_compat.ensure_action(target, f"{target.name} | {take_name}")
+    writer = _KeyWriter(target, frames)
+    for switch in switched:
+        writer.channel(f'pose.bones["{switch}"]["{_IK_FK}"]', 0, switch, np.ones(len(frames)))
+
+    levels = _evaluation_levels(target, skeleton, desired)
+    analytic = [b for b in desired if levels[b] == 0]
+    for b in analytic:
+        writer.bone(skeleton, b, _basis(skeleton, b, result.pose, desired[b],
+                                        local_location=_local(target, skeleton, b)),
+                    b in located)
+    for level in sorted({v for v in levels.values() if v > 0}):
+        bones = [b for b in desired if levels[b] == level]
+        parents = _evaluate(target, [skeleton.parents[b] for b in bones], skeleton, frames,
+                            scene)
+        for b in bones:
+            writer.bone(skeleton, b, _basis(skeleton, b, None, desired[b],
+                                            parents[skeleton.parents[b]],
+                                            _local(target, skeleton, b)), b in located)
+    if extras:  # IK controls onto the FK ends as Blender now evaluates them
+        wanted = [fk for fk, _ in extras.values()] + [skeleton.parents[ik] for ik in extras]
+        evaluated = _evaluate(target, wanted, skeleton, frames, scene)
+        for ik, (fk, follow) in extras.items():
+            writer.bone(skeleton, ik, _basis(skeleton, ik, None, evaluated[fk] @ follow,
+                                             evaluated[skeleton.parents[ik]],
+                                             _local(target, skeleton, ik)), True)
+    if result.object_location is not None:
+        for i in range(3):
+            writer.channel("location", i, "Object Transforms", result.object_location[:, i])
+    action.update_tag()
+
+    track = anim.nla_tracks.new()
+    track.name = take_name
+    strip = track.strips.new(take_name, int(frames.min()), action)
+    slot = getattr(anim, "action_slot", None)
+    if slot is not None and getattr(strip, "action_slot", slot) is None:
+        strip.action_slot = slot
+    anim.action = None
+    return action, track.name, switched
+
+
+def _evaluation_levels(target, skeleton, desired: dict) -> dict[int, int]:
+    """Per keyed bone: 0 when its parent's pose follows from the intended poses and the rest
+    (no constraint between it and the nearest keyed bone above), else one more than the
+    deepest level above it, so that level's keys exist before it is evaluated."""
+    moving = {skeleton.index(pb.name) for pb in target.pose.bones if _moves_parent(pb)}
+    levels: dict[int, int] = {}
+    for b in skeleton.order():
+        if b not in desired:
+            continue
+        above = skeleton.ancestors(b)
+        needs = False
+        for a in above:
+            needs = needs or a in moving
+            if a in desired:
+                break
+        keyed_above = [levels[a] for a in above if a in desired]
+        levels[b] = 1 + max(keyed_above, default=0) if needs else 0
+    return levels
+
+
+def _local(target, skeleton, b: int) -> bool:
+    return bool(target.data.bones[skeleton.names[b]].use_local_location)
+
+
+def _evaluate(target, bones: list[int], skeleton, frames, scene) -> dict[int, np.ndarray]:
+    """Armature-space pose matrices (N,4,4) of `bones` as Blender evaluates them per frame."""
+    out = {b: np.empty((len(frames), 4, 4)) for b in set(bones)}
+    for i, frame in enumerate(frames):
+        scene.frame_set(int(frame))
+        evaluated = target.evaluated_get(bpy.context.evaluated_depsgraph_get())
+        for b in out:
+            out[b][i] = np.array(evaluated.pose.bones[skeleton.names[b]].matrix)
+    return out
+
+
+def _basis(skeleton, b, pose, desired, parent_pose=None, local_location=True) -> np.ndarray:
+    """Pose basis (N,4,4) that puts bone b at `desired` under its parent's pose.
+
+    Without local location (Bone.use_local_location off, e.g. Rigify's IK controls) Blender
+    adds the location in the parent's axes at the bone's rest offset, not in the bone's own.
+    """
+    p = skeleton.parents[b]
+    n = desired.shape[0]
+    parent = np.broadcast_to(np.eye(4), (n, 4, 4)) if p < 0 else (
+        pose[:, p] if parent_pose is None else parent_pose)
+    rel = skeleton.rest[b] if p < 0 else core.rigid_inverse(skeleton.rest[p]) @ skeleton.rest[b]
+    basis = np.linalg.inv(parent @ rel) @ desired
+    if not local_location:
+        basis[:, :3, 3] = (np.linalg.inv(parent) @ desired)[:, :3, 3] - rel[:3, 3]
+    return basis
+
+
+class _KeyWriter:
+    """Bulk keys on the target's new action: rotations in each bone's own rotation mode."""
+
+    def __init__(self, target, frames: np.ndarray) -> None:
+        self.target, self.frames = target, frames
+        self.types = np.full(len(frames), keyframes.keyframe_type_value("KEYFRAME"), np.int32)
+
+    def channel(self, path: str, index: int, group: str, values: np.ndarray) -> None:
+        fcurve = anim_compat.ensure_fcurve(self.target, path, index, group)
+        keyframes._replace_range(fcurve, None, self.frames, np.asarray(values, np.float64),
+                                 self.types, float(self.frames.min()), float(self.frames.max()))
+
+    def bone(self, skeleton, b: int, basis: np.ndarray, with_location: bool) -> None:
+        name = skeleton.names[b]
+        pose_bone = self.target.pose.bones[name]
+        rotation = basis[:, :3, :3]
+        rotation = rotation / np.cbrt(np.linalg.det(rotation))[:, None, None]
+        mode = pose_bone.rotation_mode
+        prefix = f'pose.bones["{bpy.utils.escape_identifier(name)}"]'
+        if mode == "QUATERNION":
+            quats = make_quaternions_continuous(matrix_to_quaternion(rotation), axis=0)
+            for i in range(4):
+                self.channel(prefix + ".rotation_quaternion", i, name, quats[:, i])
+        elif mode == "AXIS_ANGLE":
+            raise DPoseError(f"Bone {name!r} uses axis-angle rotation; set it to Quaternion or "
+                             "an Euler order before retargeting.")
+        else:
+            values = np.empty((len(rotation), 3))
+            previous = Euler((0.0, 0.0, 0.0), mode)
+            for i, m in enumerate(rotation):
+                previous = Matrix(m.tolist()).to_euler(mode, previous)
+                values[i] = previous
+            for i in range(3):
+                self.channel(prefix + ".rotation_euler", i, name, values[:, i])
+        if with_location:
+            for i in range(3):
+                self.channel(prefix + ".location", i, name, basis[:, i, 3])
