@@ -224,10 +224,8 @@ def _bake(target, skeleton, result, frames, take_name, scene):
     """Write every key into a new action, push it onto a new NLA track; returns
     (action, track name, switched Rigify limbs)."""
     extras, switched = _rigify_ik_extras(target, skeleton, result)
-    desired = {skeleton.index(n): result.pose[:, skeleton.index(n)] for n in result.rotated}
+    desired = {skeleton.index(n): result.pose[n] for n in result.rotated}
     located = {skeleton.index(n) for n in result.located}
-    for name in result.located:
-        desired.setdefault(skeleton.index(name), result.pose[:, skeleton.index(name)])
 
     anim = target.animation_data or target.animation_data_create()
     previous = anim.action
@@ -314,7 +312,8 @@ def _evaluate(target, bones: list[int], skeleton, frames, scene) -> dict[int, np
 
 
 def _basis(skeleton, b, pose, desired, parent_pose=None, local_location=True) -> np.ndarray:
-    """Pose basis (N,4,4) that puts bone b at `desired` under its parent's pose.
+    """Pose basis (N,4,4) that puts bone b at `desired` under its parent's pose (the
+    evaluated `parent_pose`, else the intended one from `pose` {name: (N,4,4)}).
 
     Without local location (Bone.use_local_location off, e.g. Rigify's IK controls) Blender
     adds the location in the parent's axes at the bone's rest offset, not in the bone's own.
@@ -322,7 +321,7 @@ def _basis(skeleton, b, pose, desired, parent_pose=None, local_location=True) ->
     p = skeleton.parents[b]
     n = desired.shape[0]
     parent = np.broadcast_to(np.eye(4), (n, 4, 4)) if p < 0 else (
-        pose[:, p] if parent_pose is None else parent_pose)
+        pose[skeleton.names[p]] if parent_pose is None else parent_pose)
     rel = skeleton.rest[b] if p < 0 else core.rigid_inverse(skeleton.rest[p]) @ skeleton.rest[b]
     basis = np.linalg.inv(parent @ rel) @ desired
     if not local_location:

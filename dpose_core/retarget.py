@@ -217,21 +217,22 @@ def smplx_world_pose(
 # ---------------------------------------------------------------------- the engine
 @dataclass
 class RetargetResult:
-    """Keys for the target. bone_names (B,) all target bones; rotations (N,B,4) pose-basis
-    quaternions (w first, sign-continuous; identity where not keyed); locations (N,B,3)
-    pose-basis locations (bone rest space, metres); rotated / located: names of the bones to
-    key; object_location (N,3) world metres for root_motion="object", else None;
-    pose (N,B,4,4) armature-space pose matrices of the driven bones and every bone above one
-    (bones below an unmapped leaf are not evaluated and hold their rest matrix); report: one
-    line on the map; leg_scale: target / source leg length."""
+    """Keys for the target, in the armature's own terms.
 
-    bone_names: tuple[str, ...]
-    rotations: np.ndarray
-    locations: np.ndarray
+    rotated (K,) names of the bones to key, parents first; rotations (N,K,4) their pose-basis
+    quaternions (w first, sign-continuous in time). located (L,) the bones that also get
+    location keys; locations (N,L,3) their pose-basis locations (bone rest space, metres).
+    object_location (N,3) world metres for root_motion="object", else None. pose {bone:
+    (N,4,4)} intended armature-space matrices of the keyed bones and every bone above one.
+    report: one line on the map; leg_scale: target / source leg length.
+    """
+
     rotated: tuple[str, ...]
+    rotations: np.ndarray
     located: tuple[str, ...]
+    locations: np.ndarray
     object_location: np.ndarray | None
-    pose: np.ndarray
+    pose: dict
     report: str
     leg_scale: float
 
@@ -398,38 +399,41 @@ class _Plan:
         heads[self.pelvis] = head_world @ inverse[:3, :3].T + inverse[:3, 3]
         return heads
 
-    def forward(self, world_rot: np.ndarray, heads: dict[int, np.ndarray]) -> np.ndarray:
-        """Armature-space pose matrices (N,B,4,4); unmapped bones keep their rest basis."""
+    def forward(self, world_rot: np.ndarray, heads: dict[int, np.ndarray]) -> dict:
+        """{bone: armature-space pose (N,4,4)} for the driven bones and the bones above them;
+        unmapped bones keep their rest basis."""
         n = world_rot.shape[0]
-        b_count = len(self.t.names)
-        pose = np.zeros((n, b_count, 4, 4))
-        pose[..., 3, 3] = 1.0
-        pose[:] = self.t.rest  # bones nothing moves stay at rest (not evaluated)
+        pose: dict[int, np.ndarray] = {}
         slot = {b: i for i, b in enumerate(self.mapped)}
         for b in self.order:
             if b not in self.needed:
                 continue
             p = self.t.parents[b]
-            if p < 0:
-                chain = np.broadcast_to(self.t.rest[b], (n, 4, 4))
-            else:
-                chain = pose[:, p] @ self.relative[b]
-            pose[:, b, :3, :3] = world_rot[:, slot[b]] if b in slot else chain[:, :3, :3]
-            pose[:, b, :3, 3] = heads[b] if b in heads else chain[:, :3, 3]
+            chain = (np.broadcast_to(self.t.rest[b], (n, 4, 4)) if p < 0
+                     else pose[p] @ self.relative[b])
+            m = np.empty((n, 4, 4))
+            m[:, 3] = (0.0, 0.0, 0.0, 1.0)
+            m[:, :3, :3] = world_rot[:, slot[b]] if b in slot else chain[:, :3, :3]
+            m[:, :3, 3] = heads[b] if b in heads else chain[:, :3, 3]
+            pose[b] = m
         return pose
 
-    def result(self, pose: np.ndarray, heads: dict[int, np.ndarray]) -> RetargetResult:
-        n, b_count = pose.shape[:2]
-        basis = np.tile(np.eye(4), (n, b_count, 1, 1))
-        for b in set(self.mapped) | set(heads):
-            p = self.t.parents[b]
-            chain = self.t.rest[b] if p < 0 else pose[:, p] @ self.relative[b]
-            basis[:, b] = rigid_inverse(chain) @ pose[:, b]
-        quats = make_quaternions_continuous(matrix_to_quaternion(basis[..., :3, :3]), axis=0)
-        locations = basis[..., :3, 3].copy()
-        not_located = [b for b in range(b_count) if b not in heads]
-        locations[:, not_located] = 0.0
+    def result(self, pose: dict, heads: dict[int, np.ndarray]) -> RetargetResult:
+        n = next(iter(pose.values())).shape[0]
         names = self.t.names
+        keyed = sorted(set(self.mapped) | set(heads), key=self.order.index)
+        located = [b for b in keyed if b in heads]
+        rotations = np.empty((n, len(keyed), 4))
+        locations = np.empty((n, len(located), 3))
+        for i, b in enumerate(keyed):
+            p = self.t.parents[b]
+            chain = self.t.rest[b] if p < 0 else pose[p] @ self.relative[b]
+            basis = rigid_inverse(chain) @ pose[b]
+            rotations[:, i] = matrix_to_quaternion(basis[:, :3, :3])
+            if b in heads:
+                locations[:, located.index(b)] = basis[:, :3, 3]
+        rotations = make_quaternions_continuous(rotations, axis=0)
+        b_count = len(names)
         unused = [j for j in JOINT_NAMES[:22] if j not in {JOINT_NAMES[v]
                                                            for v in self.map.values()}]
         report = (f"{len(self.map)} of {b_count} bones driven; "
@@ -440,11 +444,10 @@ class _Plan:
         if self.object_travel is not None:
             object_location = self.t.world[:3, 3] + self.object_travel
         return RetargetResult(
-            bone_names=names, rotations=quats, locations=locations,
-            rotated=tuple(names[b] for b in self.mapped),
-            located=tuple(names[b] for b in sorted(heads)),
-            object_location=object_location, pose=pose, report=report,
-            leg_scale=float(self.leg_scale),
+            rotated=tuple(names[b] for b in keyed), rotations=rotations,
+            located=tuple(names[b] for b in located), locations=locations,
+            object_location=object_location, pose={names[b]: m for b, m in pose.items()},
+            report=report, leg_scale=float(self.leg_scale),
         )
 
     # -- feet
@@ -452,17 +455,17 @@ class _Plan:
         """Thigh and shin rotations re-solved so contacting feet stay where they touched."""
         world_rot = world_rot.copy()
         slot = {b: i for i, b in enumerate(self.mapped)}
-        travel = np.zeros((pose.shape[0], 3))
+        travel = np.zeros((world_rot.shape[0], 3))
         if self.object_travel is not None:  # pins live in the world, the rig moves under them
             travel = self.object_travel @ np.linalg.inv(self.t.world)[:3, :3].T
         for s, side in enumerate(("left", "right")):
             bones = [self.by_joint.get(JOINT_NAMES.index(n)) for n in _LEGS[side]]
             thigh, shin, foot, toe = bones
-            hip_p = pose[:, thigh, :3, 3]
-            knee_p = pose[:, shin, :3, 3]
-            ankle_p = pose[:, foot, :3, 3]
-            toe_p = (pose[:, toe, :3, 3] if toe is not None else
-                     ankle_p + pose[:, foot, :3, 1] * self._length(foot))
+            hip_p = pose[thigh][:, :3, 3]
+            knee_p = pose[shin][:, :3, 3]
+            ankle_p = pose[foot][:, :3, 3]
+            toe_p = (pose[toe][:, :3, 3] if toe is not None else
+                     ankle_p + pose[foot][:, :3, 1] * self._length(foot))
             heel_on = contacts[:, 2 * s] > 0.5
             toe_on = contacts[:, 2 * s + 1] > 0.5
             goal = ankle_p.copy()
