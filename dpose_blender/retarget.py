@@ -320,8 +320,15 @@ def _basis(skeleton, b, pose, desired, parent_pose=None, local_location=True) ->
     """
     p = skeleton.parents[b]
     n = desired.shape[0]
-    parent = np.broadcast_to(np.eye(4), (n, 4, 4)) if p < 0 else (
-        pose[skeleton.names[p]] if parent_pose is None else parent_pose)
+    if p < 0:
+        parent = np.broadcast_to(np.eye(4), (n, 4, 4))
+    elif parent_pose is not None:
+        parent = parent_pose
+    else:  # bones between keyed ones keep their rest pose relative to the keyed one above
+        anchor = next((a for a in skeleton.ancestors(b) if skeleton.names[a] in pose), None)
+        parent = skeleton.rest[p] if anchor is None else (
+            pose[skeleton.names[anchor]] @ core.rigid_inverse(skeleton.rest[anchor])
+            @ skeleton.rest[p])
     rel = skeleton.rest[b] if p < 0 else core.rigid_inverse(skeleton.rest[p]) @ skeleton.rest[b]
     basis = np.linalg.inv(parent @ rel) @ desired
     if not local_location:

@@ -16,8 +16,8 @@ Per mapped bone b <- joint j the target's world rotation is W_b = D_j Q_b (T C_b
   (or the bone's own axis at a leaf). A-pose arms are thus swung onto the T-pose before the
   motion is applied, with no rotation about the limb: the twist of each bone is the twist of
   its own joint (a forearm never picks up the wrist's or the upper arm's twist).
-Unmapped bones keep their rest pose relative to their parent. Pose bases follow from the
-parents: basis_b = (M_parent Rel_b)^-1 M_b with Rel_b = C_parent^-1 C_b (4x4, rest).
+Unmapped bones keep their rest pose relative to their parent, so a keyed bone hangs off the
+nearest keyed bone a above it: basis_b = (M_a C_a^-1 C_b)^-1 M_b (4x4 armature matrices).
 
 Root motion: the hips bone's head follows the SMPL-X pelvis scaled by k = target leg length /
 source leg length about the ground under the first frame's pelvis, so strides fit the legs.
@@ -200,17 +200,24 @@ def smplx_world_pose(
     rotmats: np.ndarray, transl: np.ndarray, rest_joints: np.ndarray, coordinate_frame: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """World rotations G (N,55,3,3) and joint positions (N,55,3) of SMPL-X in Blender's world."""
+    g, p = _world_pose_by_joint(rotmats, transl, rest_joints, coordinate_frame)
+    return np.moveaxis(g, 0, 1), np.moveaxis(p, 0, 1)
+
+
+def _world_pose_by_joint(rotmats, transl, rest_joints, coordinate_frame):
+    """smplx_world_pose with the joint axis first ((55,N,3,3), (55,N,3)): each joint's frames
+    are contiguous, which keeps the batched 3x3 products fast."""
     w = frame_to_blender(coordinate_frame)
     rest_joints = np.asarray(rest_joints, float)
-    n = rotmats.shape[0]
-    g = np.empty((n, NUM_JOINTS, 3, 3))
-    p = np.empty((n, NUM_JOINTS, 3))
-    g[:, 0] = w @ rotmats[:, 0]
-    p[:, 0] = (rest_joints[0] + transl) @ w.T
+    local = np.ascontiguousarray(np.moveaxis(rotmats, 1, 0))
+    g = np.empty_like(local)
+    p = np.empty((NUM_JOINTS, rotmats.shape[0], 3))
+    g[0] = w @ local[0]
+    p[0] = (rest_joints[0] + transl) @ w.T
     for j in range(1, NUM_JOINTS):
         parent = PARENTS[j]
-        g[:, j] = g[:, parent] @ rotmats[:, j]
-        p[:, j] = p[:, parent] + g[:, parent] @ (rest_joints[j] - rest_joints[parent])
+        g[j] = g[parent] @ local[j]
+        p[j] = p[parent] + g[parent] @ (rest_joints[j] - rest_joints[parent])
     return g, p
 
 
@@ -223,7 +230,8 @@ class RetargetResult:
     quaternions (w first, sign-continuous in time). located (L,) the bones that also get
     location keys; locations (N,L,3) their pose-basis locations (bone rest space, metres).
     object_location (N,3) world metres for root_motion="object", else None. pose {bone:
-    (N,4,4)} intended armature-space matrices of the keyed bones and every bone above one.
+    (N,4,4)} intended armature-space matrices of the keyed bones (a bone that is not keyed
+    keeps its rest pose relative to the nearest keyed bone above it).
     report: one line on the map; leg_scale: target / source leg length.
     """
 
@@ -271,8 +279,8 @@ def retarget(
     rest_joints = np.asarray(source_rest_joints, float).reshape(NUM_JOINTS, 3)
 
     plan = _Plan(target, bone_map, rest_joints)
-    g, positions = smplx_world_pose(rotmats, transl, rest_joints, coordinate_frame)
-    world_rot = plan.world_rotations(g)  # (N,K,3,3) armature-space rotations of mapped bones
+    g, positions = _world_pose_by_joint(rotmats, transl, rest_joints, coordinate_frame)
+    world_rot = plan.world_rotations(g)  # (K,N,3,3) armature-space rotations of mapped bones
     heads = plan.root_heads(positions, root_motion)
     pose = plan.forward(world_rot, heads)
     if contacts is not None:
@@ -299,12 +307,6 @@ class _Plan:
         self.pelvis = self.by_joint[0]
         above = target.ancestors(self.pelvis)
         self.top = above[-1] if above and above[-1] not in self.map else None
-        self.relative = np.array([
-            rigid_inverse(target.rest[p]) @ target.rest[b] if p >= 0 else target.rest[b]
-            for b, p in enumerate(target.parents)])
-        needed = set(self.mapped) | {self.pelvis} | ({self.top} if self.top is not None
-                                                     else set())
-        self.needed = needed | {a for b in needed for a in target.ancestors(b)}
         self.leg_scale = self._leg_length(self.heads_world) / self._leg_length(self.source_rest,
                                                                                 joints=True)
 
@@ -332,7 +334,7 @@ class _Plan:
         v = u = None
         c = child
         while c is not None:
-            if c in self.by_joint and self.by_joint[c] in self._descendants(b):
+            if c in self.by_joint and b in self.t.ancestors(self.by_joint[c]):
                 v = self.heads_world[self.by_joint[c]] - self.heads_world[b]
                 u = self.source_rest[c] - self.source_rest[j]
                 break
@@ -348,13 +350,6 @@ class _Plan:
         fv = self.facing @ v
         return minimal_rotation(fv, u) @ self.facing
 
-    def _descendants(self, b: int) -> set[int]:
-        if not hasattr(self, "_desc"):
-            self._desc = {}
-        if b not in self._desc:
-            self._desc[b] = {i for i in range(len(self.t.names)) if b in self.t.ancestors(i)}
-        return self._desc[b]
-
     def _leg_length(self, points: np.ndarray, joints: bool = False) -> float:
         total = 0.0
         for side in ("left", "right"):
@@ -367,17 +362,18 @@ class _Plan:
 
     # -- motion
     def world_rotations(self, g: np.ndarray) -> np.ndarray:
-        """Armature-space rotations (N,K,3,3) of the mapped bones (in self.mapped order)."""
+        """Armature-space rotations (K,N,3,3) of the mapped bones (in self.mapped order) from
+        SMPL-X world rotations by joint (55,N,3,3): T^T D_j Q_b T C_b, D_j = G_j S^T."""
         joints = [self.map[b] for b in self.mapped]
-        delta = g[:, joints] @ SMPLX_TO_BLENDER.T  # D_j
-        rest = self.align @ self.rest_world[self.mapped]  # Q_b T C_b
-        return self.t.world_rotation.T @ (delta @ rest)
+        after = SMPLX_TO_BLENDER.T @ self.align @ self.rest_world[self.mapped]  # (K,3,3)
+        out = g[joints] @ after[:, None]
+        return self.t.world_rotation.T @ out
 
     def root_heads(self, positions: np.ndarray, mode: str) -> dict[int, np.ndarray]:
         """Armature-space heads (N,3) of the bones that get location keys."""
         k = self.leg_scale
-        pelvis_s = positions[:, 0]
-        ankles = positions[:, [JOINT_NAMES.index("left_ankle"), JOINT_NAMES.index("right_ankle")]]
+        pelvis_s = positions[0]  # joint-major (55,N,3)
+        ankles = positions[[JOINT_NAMES.index("left_ankle"), JOINT_NAMES.index("right_ankle")]]
         ground = ankles[..., 2].min()
         anchor_s = np.array([pelvis_s[0, 0], pelvis_s[0, 1], ground])
         ankle_t = min(self.heads_world[self.by_joint[JOINT_NAMES.index(n)], 2]
@@ -400,34 +396,42 @@ class _Plan:
         return heads
 
     def forward(self, world_rot: np.ndarray, heads: dict[int, np.ndarray]) -> dict:
-        """{bone: armature-space pose (N,4,4)} for the driven bones and the bones above them;
-        unmapped bones keep their rest basis."""
-        n = world_rot.shape[0]
+        """{keyed bone: armature-space pose (N,4,4)}. Bones in between keep their rest pose
+        relative to the keyed bone above them, so each keyed bone hangs off that one."""
+        n = world_rot.shape[1]
         pose: dict[int, np.ndarray] = {}
         slot = {b: i for i, b in enumerate(self.mapped)}
-        for b in self.order:
-            if b not in self.needed:
-                continue
-            p = self.t.parents[b]
-            chain = (np.broadcast_to(self.t.rest[b], (n, 4, 4)) if p < 0
-                     else pose[p] @ self.relative[b])
+        for b in self._keyed(heads):
+            anchor, offset = self._anchor(b, heads)
+            chain = (np.broadcast_to(offset, (n, 4, 4)) if anchor < 0
+                     else pose[anchor] @ offset)
             m = np.empty((n, 4, 4))
             m[:, 3] = (0.0, 0.0, 0.0, 1.0)
-            m[:, :3, :3] = world_rot[:, slot[b]] if b in slot else chain[:, :3, :3]
+            m[:, :3, :3] = world_rot[slot[b]] if b in slot else chain[:, :3, :3]
             m[:, :3, 3] = heads[b] if b in heads else chain[:, :3, 3]
             pose[b] = m
         return pose
 
+    def _keyed(self, heads: dict) -> list[int]:
+        return sorted(set(self.mapped) | set(heads), key=self.order.index)
+
+    def _anchor(self, b: int, heads: dict) -> tuple[int, np.ndarray]:
+        """(nearest keyed bone above b or -1, b's rest matrix relative to it)."""
+        for a in self.t.ancestors(b):
+            if a in self.map or a in heads:
+                return a, rigid_inverse(self.t.rest[a]) @ self.t.rest[b]
+        return -1, self.t.rest[b]
+
     def result(self, pose: dict, heads: dict[int, np.ndarray]) -> RetargetResult:
         n = next(iter(pose.values())).shape[0]
         names = self.t.names
-        keyed = sorted(set(self.mapped) | set(heads), key=self.order.index)
+        keyed = self._keyed(heads)
         located = [b for b in keyed if b in heads]
         rotations = np.empty((n, len(keyed), 4))
         locations = np.empty((n, len(located), 3))
         for i, b in enumerate(keyed):
-            p = self.t.parents[b]
-            chain = self.t.rest[b] if p < 0 else pose[p] @ self.relative[b]
+            anchor, offset = self._anchor(b, heads)
+            chain = offset if anchor < 0 else pose[anchor] @ offset
             basis = rigid_inverse(chain) @ pose[b]
             rotations[:, i] = matrix_to_quaternion(basis[:, :3, :3])
             if b in heads:
@@ -455,7 +459,7 @@ class _Plan:
         """Thigh and shin rotations re-solved so contacting feet stay where they touched."""
         world_rot = world_rot.copy()
         slot = {b: i for i, b in enumerate(self.mapped)}
-        travel = np.zeros((world_rot.shape[0], 3))
+        travel = np.zeros((world_rot.shape[1], 3))
         if self.object_travel is not None:  # pins live in the world, the rig moves under them
             travel = self.object_travel @ np.linalg.inv(self.t.world)[:3, :3].T
         for s, side in enumerate(("left", "right")):
@@ -485,8 +489,8 @@ class _Plan:
                         weight[f] = w
             target = ankle_p + weight[:, None] * (goal - ankle_p)
             r_thigh, r_shin = _two_bone_ik(hip_p, knee_p, ankle_p, target)
-            world_rot[:, slot[thigh]] = r_thigh @ world_rot[:, slot[thigh]]
-            world_rot[:, slot[shin]] = r_shin @ r_thigh @ world_rot[:, slot[shin]]
+            world_rot[slot[thigh]] = r_thigh @ world_rot[slot[thigh]]
+            world_rot[slot[shin]] = r_shin @ r_thigh @ world_rot[slot[shin]]
         return world_rot
 
     def _length(self, b: int) -> float:
