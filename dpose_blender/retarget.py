@@ -227,6 +227,7 @@ def _bake(target, skeleton, result, frames, take_name, scene):
     desired = {skeleton.index(n): result.pose[n] for n in result.rotated}
     located = {skeleton.index(n) for n in result.located}
 
+    levels = _evaluation_levels(target, skeleton, desired)
     anim = target.animation_data or target.animation_data_create()
     previous = anim.action
     if previous is not None:  # stash the user's action under ours, as Blender does
@@ -235,19 +236,25 @@ def _bake(target, skeleton, result, frames, take_name, scene):
         stash.strips.new(previous.name, int(previous.frame_range[0]), previous)
         stash.mute = True
         anim.action = None
+    followers = _probe_followers(target, skeleton, desired, located, levels, switched)
+    levels = _evaluation_levels(target, skeleton, desired, set(followers))
     action = anim_compat.ensure_action(target, f"{target.name} | {take_name}")
     writer = _KeyWriter(target, frames)
     for switch in switched:
         writer.channel(f'pose.bones["{switch}"]["{_IK_FK}"]', 0, switch, np.ones(len(frames)))
 
-    levels = _evaluation_levels(target, skeleton, desired)
-    analytic = [b for b in desired if levels[b] == 0]
+    analytic = [b for b in desired if levels[b] == 0 and b not in followers]
     for b in analytic:
         writer.bone(skeleton, b, _basis(skeleton, b, result.pose, desired[b],
                                         local_location=_local(target, skeleton, b)),
                     b in located)
+    for b, (leader, offset) in followers.items():
+        parent = desired[leader] @ offset if leader >= 0 else np.broadcast_to(
+            offset, desired[b].shape)
+        writer.bone(skeleton, b, _basis(skeleton, b, None, desired[b], parent,
+                                        _local(target, skeleton, b)), b in located)
     for level in sorted({v for v in levels.values() if v > 0}):
-        bones = [b for b in desired if levels[b] == level]
+        bones = [b for b in desired if levels[b] == level and b not in followers]
         parents = _evaluate(target, [skeleton.parents[b] for b in bones], skeleton, frames,
                             scene)
         for b in bones:
@@ -276,7 +283,7 @@ def _bake(target, skeleton, result, frames, take_name, scene):
     return action, track.name, switched
 
 
-def _evaluation_levels(target, skeleton, desired: dict) -> dict[int, int]:
+def _evaluation_levels(target, skeleton, desired: dict, followers=frozenset()) -> dict[int, int]:
     """Per keyed bone: 0 when its parent's pose follows from the intended poses and the rest
     (no constraint between it and the nearest keyed bone above), else one more than the
     deepest level above it, so that level's keys exist before it is evaluated."""
@@ -287,13 +294,74 @@ def _evaluation_levels(target, skeleton, desired: dict) -> dict[int, int]:
             continue
         above = skeleton.ancestors(b)
         needs = False
-        for a in above:
+        for a in () if b in followers else above:
             needs = needs or a in moving
             if a in desired:
                 break
         keyed_above = [levels[a] for a in above if a in desired]
         levels[b] = 1 + max(keyed_above, default=0) if needs else 0
     return levels
+
+
+def _probe_followers(target, skeleton, desired, located, levels, switched) -> dict:
+    """Bones whose constraint-moved parent turns out to move rigidly with one keyed bone (or
+    not at all): {bone: (that keyed bone or -1, parent pose relative to it)}.
+
+    Found with three probe poses (rest and two random ones) set straight on the pose bones
+    and evaluated once each; the probes are undone. Such bones need no evaluation pass.
+    """
+    candidates = [b for b in desired if levels[b] > 0]
+    if not candidates:
+        return {}
+    pose_bones = target.pose.bones
+    keyed = list(desired)
+    saved = {b: (tuple(pose_bones[skeleton.names[b]].rotation_quaternion),
+                 tuple(pose_bones[skeleton.names[b]].rotation_euler),
+                 tuple(pose_bones[skeleton.names[b]].location)) for b in keyed}
+    switches = {name: pose_bones[name][_IK_FK] for name in switched}
+    parents = sorted({skeleton.parents[b] for b in candidates})
+    rng = np.random.default_rng(0)
+    samples = []
+    try:
+        for name in switched:
+            pose_bones[name][_IK_FK] = 1.0
+        for probe in range(3):
+            for b in keyed:
+                pb = pose_bones[skeleton.names[b]]
+                turn = rng.normal(0, 0.4, 3) if probe else np.zeros(3)
+                quat = Matrix(core.axis_rotation(turn / max(np.linalg.norm(turn), 1e-12),
+                                                 np.linalg.norm(turn)).tolist()).to_quaternion()
+                pb.rotation_quaternion = quat
+                pb.rotation_euler = quat.to_euler(pb.rotation_euler.order)
+                if b in located:
+                    pb.location = rng.normal(0, 0.1, 3) if probe else (0.0, 0.0, 0.0)
+            bpy.context.view_layer.update()
+            evaluated = target.evaluated_get(bpy.context.evaluated_depsgraph_get())
+            samples.append({i: np.array(evaluated.pose.bones[skeleton.names[i]].matrix)
+                            for i in set(keyed) | set(parents)})
+    finally:
+        for b, (quat, euler, loc) in saved.items():
+            pb = pose_bones[skeleton.names[b]]
+            pb.rotation_quaternion, pb.rotation_euler, pb.location = quat, euler, loc
+        for name, value in switches.items():
+            pose_bones[name][_IK_FK] = value
+        bpy.context.view_layer.update()
+    if any(np.allclose(samples[0][b], samples[1][b], atol=1e-6) for b in keyed):
+        return {}  # something else (NLA, drivers) holds the keyed bones: trust no probe
+    followers = {}
+    for b in candidates:
+        p = skeleton.parents[b]
+        # A located bone's parent must follow a bone whose intended position is Blender's too.
+        leaders = [-1, *(located if b in located else keyed)]
+        for leader in leaders:
+            if leader == b:
+                continue
+            base = [np.eye(4) if leader < 0 else s[leader] for s in samples]
+            offset = np.linalg.inv(base[0]) @ samples[0][p]
+            if all(np.allclose(base[i] @ offset, samples[i][p], atol=1e-5) for i in (1, 2)):
+                followers[b] = (leader, offset)
+                break
+    return followers
 
 
 def _local(target, skeleton, b: int) -> bool:
