@@ -97,6 +97,8 @@ def export_gltf(
 ) -> Path:
     """Write `objects` with their animation, sampled on every frame, to a binary glTF (.glb).
 
+    The scene's animation is sampled as it plays (NLA takes included) into one glTF animation.
+
     Only .glb is written: a .gltf with a separate .bin could not be replaced atomically.
     """
     scene = scene or bpy.context.scene
@@ -107,7 +109,8 @@ def export_gltf(
         _select_only(objects)
         with _atomic(destination) as tmp:
             _run(bpy.ops.export_scene.gltf, filepath=str(tmp), export_format="GLB",
-                 use_selection=True, export_animations=True, export_force_sampling=True,
+                 use_selection=True, export_animations=True, **_gltf_scene_mode(),
+                 export_force_sampling=True,
                  export_frame_step=1, export_optimize_animation_size=False,
                  export_anim_slide_to_zero=False, export_current_frame=False)
     return destination
@@ -186,6 +189,15 @@ def _refuse_object_motion(rig: bpy.types.Object) -> None:
             f"The armature object itself is animated ({moving[0]}); BVH stores bone motion "
             "only. Bake the object motion into the root bone first."
         )
+
+
+def _gltf_scene_mode() -> dict:
+    """Sample the scene as it plays (feature-detected: the option is in every supported
+    Blender's glTF exporter we know of, but an older one simply falls back to its default)."""
+    prop = bpy.ops.export_scene.gltf.get_rna_type().properties.get("export_animation_mode")
+    if prop is not None and "SCENE" in {item.identifier for item in prop.enum_items}:
+        return {"export_animation_mode": "SCENE"}
+    return {}
 
 
 def _check_objects(objects: Iterable[bpy.types.Object], what: str) -> list:

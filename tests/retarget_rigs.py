@@ -129,12 +129,14 @@ def rig_layout(style: str, rest_joints: np.ndarray, *, leg_scale: float = 1.0,
             kids = [c for c in kids if "Middle" in spec[c][0]]
         elif j == "spine3":
             kids = [c for c in kids if "eck" in spec[c][0]]
+        elif j is None and par is None:  # the root bone lies on the floor, pointing forward
+            kids = []
         elif j == "pelvis" or par is None:
             kids = [c for c in kids if heads[c, 2] > heads[i, 2] + 0.02]
         if kids and "twist" not in name:
             tails[i] = heads[kids[0]]
         elif par is None:
-            tails[i] = heads[i] + [0.0, 0.0, 0.1]
+            tails[i] = heads[i] + ([0.0, -0.2, 0.0] if j is None else [0.0, 0.0, 0.1])
         else:
             d = heads[i] - heads[parents[i]]
             tails[i] = heads[i] + 0.06 * d / np.linalg.norm(d)

@@ -210,3 +210,44 @@ def test_npz_export_round_trips(tmp_path):
     back = load_motion_npz(path)
     np.testing.assert_allclose(back.rotmats, motion.rotmats, atol=1e-9)
     np.testing.assert_allclose(back.transl, motion.transl, atol=1e-12)
+
+
+def test_a_retargeted_rig_round_trips_through_fbx_bvh_and_gltf(model, tmp_path):
+    """The take sits on an NLA strip (no active action): exporters bake what plays."""
+    from tests.retarget_rigs import rig_layout
+    from tests.test_retarget_blender import build_target
+
+    retarget = import_blender_module("retarget")
+    source = source_rig(model, moving_motion(seed=7))
+    layout = rig_layout("ue5", model.rest_joints(source_betas(source)), leg_scale=1.15)
+    target = build_target(layout, "UE5")
+    retarget.retarget_rig(source, target)
+    assert target.animation_data.action is None
+    names = list(layout["names"])
+    frames = list(range(1, NUM_FRAMES + 1))
+    expected = world_heads(target, frames, names)
+    for suffix, importer, offset, tolerance in (
+        (".fbx", bpy.ops.import_scene.fbx, fbx_import_frame_offset(), 1e-4),
+        (".bvh", bpy.ops.import_anim.bvh, 0, 1e-3),
+        (".glb", bpy.ops.import_scene.gltf, 0, 1e-4),
+    ):
+        path = tmp_path / f"retargeted{suffix}"
+        if suffix == ".fbx":
+            exports.export_fbx(path, [target])
+        elif suffix == ".bvh":
+            exports.export_bvh(path, target)
+        else:
+            exports.export_gltf(path, [target])
+        before = {o.name for o in bpy.data.objects}
+        importer(filepath=str(path))
+        imported = imported_armature(before)
+        by_name = bone_names_by_joint(imported)
+        got = world_heads(imported, [f + offset for f in frames], [by_name[n] for n in names])
+        error = np.linalg.norm(got - expected, axis=-1).max()
+        assert error <= tolerance, (suffix, error)
+        up = got[:, names.index("head"), 2] - got[:, names.index("pelvis"), 2]
+        assert up.min() > 0.1, suffix
+
+
+def source_betas(source) -> np.ndarray:
+    return np.array(source[rig.PROP_BETAS])
