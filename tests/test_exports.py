@@ -185,7 +185,6 @@ def test_failed_export_keeps_the_old_file_and_bad_targets_are_one_line_errors(mo
     source = source_rig(model, moving_motion(seed=5))
     old = tmp_path / "take.bvh"
     old.write_bytes(b"previous take")
-    source.animation_data.action = None  # no action -> still exports rest; break it instead:
     mesh = bpy.data.objects.new("Mesh", bpy.data.meshes.new("Mesh"))
     bpy.context.scene.collection.objects.link(mesh)
     with pytest.raises(DPoseError, match="needs an armature"):
@@ -202,6 +201,24 @@ def test_failed_export_keeps_the_old_file_and_bad_targets_are_one_line_errors(mo
         exports.export_fbx(tmp_path / "plate.fbx", [source])
     assert old.read_bytes() == b"previous take"
     assert sorted(os.listdir(tmp_path)) == ["take.bvh"]
+
+
+def test_an_exporter_failing_midway_leaves_the_old_file_and_no_temp(model, tmp_path,
+                                                                    monkeypatch):
+    source = source_rig(model, moving_motion(seed=8))
+    old = tmp_path / "take.fbx"
+    old.write_bytes(b"previous take")
+
+    def half_written(operator, filepath, **options):
+        with open(filepath, "wb") as fh:
+            fh.write(b"Kaydara FBX Binary  \x00 truncated")
+        raise DPoseError("Export failed: No space left on device")
+
+    monkeypatch.setattr(exports, "_run", half_written)
+    with pytest.raises(DPoseError, match="No space left"):
+        exports.export_fbx(old, [source])
+    assert old.read_bytes() == b"previous take"
+    assert sorted(os.listdir(tmp_path)) == ["take.fbx"]
 
 
 def test_npz_export_round_trips(tmp_path):
