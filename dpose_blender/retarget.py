@@ -7,9 +7,10 @@ be keyed from the rest pose alone: their parent's pose is read from Blender's ev
 few passes over the frames, one per depth of such bones. Constraints that cannot move a parent
 (muted, zero influence, Copy Scale: scale is never keyed) are not counted.
 
-Rigify: the FK controls are driven. A limb whose IK/FK switch is on IK gets its switch keyed
-to FK in the take (so it plays the motion exactly), and its IK hand/foot control keyed to
-follow the FK hand/foot, so switching to IK later keeps hands and feet in place.
+Rigify: the FK controls are driven. For a limb whose IK/FK switch is on IK, the IK hand/foot
+control is keyed onto the FK hand/foot and the IK control that rolls the bend plane is turned
+(a few evaluation passes) until the IK elbow/knee lies in the FK one's plane; the switch is
+keyed to FK for the take (exact) unless keep_ik asks to play it in IK.
 On any error the scene is put back: new data-blocks removed, the target's action, NLA tracks
 and mode restored.
 """
@@ -32,8 +33,15 @@ from .rig import RigFrame
 from .rollback import SceneSnapshot
 
 # Rigify limbs: IK/FK switch bone, FK end control, IK end control (per side).
-_RIGIFY_LIMBS = (("upper_arm_parent.{S}", "hand_fk.{S}", "hand_ik.{S}"),
-                 ("thigh_parent.{S}", "foot_fk.{S}", "foot_ik.{S}"))
+# Rigify limbs: IK/FK switch bone; FK upper, lower and end controls; IK end control; IK
+# control whose roll sets the bend plane; IK chain's lower bone (where the IK elbow/knee is).
+_RIGIFY_LIMBS = (
+    ("upper_arm_parent.{S}", "upper_arm_fk.{S}", "forearm_fk.{S}", "hand_fk.{S}", "hand_ik.{S}",
+     "upper_arm_ik.{S}", "MCH-forearm_ik.{S}"),
+    ("thigh_parent.{S}", "thigh_fk.{S}", "shin_fk.{S}", "foot_fk.{S}", "foot_ik.{S}",
+     "thigh_ik.{S}", "MCH-shin_ik.{S}"),
+)
+_PLANE_PASSES = 3  # evaluations that turn the IK bend plane onto the FK one
 _IK_FK = "IK_FK"  # Rigify: 0 = IK, 1 = FK
 _HARMLESS_CONSTRAINTS = {"COPY_SCALE", "LIMIT_SCALE", "MAINTAIN_VOLUME"}
 
@@ -79,6 +87,7 @@ def retarget_rig(
     root_motion: str = "bone",
     contacts: np.ndarray | None = None,
     take_name: str | None = None,
+    keep_ik: bool = False,
     scene: bpy.types.Scene | None = None,
 ) -> RetargetReport:
     """Retarget the keyed motion of a D-PoSE SMPL-X rig (rig.build_armature) onto `target`."""
@@ -93,7 +102,7 @@ def retarget_rig(
     offset = int(source.get(keyframes.PROP_FRAME_OFFSET, 1))
     return retarget_motion(motion, rig.rest_joints, target, bone_map=bone_map,
                            root_motion=root_motion, contacts=contacts, frame_offset=offset,
-                           take_name=take_name or source.name, scene=scene)
+                           take_name=take_name or source.name, keep_ik=keep_ik, scene=scene)
 
 
 def retarget_motion(
@@ -106,13 +115,17 @@ def retarget_motion(
     contacts: np.ndarray | None = None,
     frame_offset: int = 1,
     take_name: str = "Take",
+    keep_ik: bool = False,
     scene: bpy.types.Scene | None = None,
 ) -> RetargetReport:
     """Bake `motion` (SMPL-X, rest joints J(beta) (55,3) model frame) onto `target` as a new
     action pushed onto a new NLA track; keys at Blender frames frame_offset + frame_indices.
 
     bone_map {bone: joint} (default: detected from the bone names); root_motion "bone",
-    "object" or "in_place"; contacts (N,4) heel/toe per foot to plant the feet.
+    "object" or "in_place"; contacts (N,4) heel/toe per foot to plant the feet. keep_ik:
+    Rigify limbs whose switch is on IK play in IK (driven through the IK controls; Rigify's
+    stretchy IK chain then lands elbows and knees within a few degrees) instead of being keyed
+    to FK for the take (exact); their IK controls are keyed to follow in both cases.
     """
     scene = scene or bpy.context.scene
     skeleton = read_skeleton(target)
@@ -127,13 +140,16 @@ def retarget_motion(
     snapshot = SceneSnapshot(scene)
     state = _AnimState(target, scene)
     try:
-        action, track_name, switched = _bake(target, skeleton, result, frames, take_name, scene)
+        action, track_name, switched = _bake(target, skeleton, result, frames, take_name, scene,
+                                             keep_ik)
     except BaseException:
         state.restore()
         snapshot.restore()
         raise
     state.restore_view()
-    note = f"; IK limbs keyed to FK: {', '.join(switched)}" if switched else ""
+    verb = "play in IK, driven through their IK controls" if keep_ik else (
+        "play in FK in this take; their IK controls follow")
+    note = f"; IK limbs {verb}: {', '.join(switched)}" if switched else ""
     return RetargetReport(
         action=action, track_name=track_name, first_frame=int(frames.min()),
         last_frame=int(frames.max()), preset=preset, bone_map=dict(bone_map),
@@ -200,30 +216,80 @@ def _moves_parent(pose_bone: bpy.types.PoseBone) -> bool:
                for c in pose_bone.constraints)
 
 
-def _rigify_ik_extras(target, skeleton, result) -> tuple[dict, list[str]]:
-    """For IK-on limbs: {IK control: (FK end, FK end -> IK control rest offset)} and the
-    switches to key to FK."""
+@dataclass
+class _IKLimb:
+    """A Rigify limb whose switch is on IK, by bone index (see _RIGIFY_LIMBS)."""
+
+    switch: str
+    value: float
+    fk: tuple[int, int, int]
+    ik_end: int
+    ik_roll: int
+    ik_lower: int
+
+
+def _rigify_ik_limbs(target, skeleton, result) -> list[_IKLimb]:
+    """The Rigify limbs of `target` that are driven by FK keys but play in IK."""
     pose_bones = target.pose.bones
-    extras, switched = {}, []
+    limbs = []
     for side in ("L", "R"):
-        for switch, fk_end, ik_end in _RIGIFY_LIMBS:
-            switch, fk_end, ik_end = (n.format(S=side) for n in (switch, fk_end, ik_end))
+        for names in _RIGIFY_LIMBS:
+            names = [n.format(S=side) for n in names]
+            switch = names[0]
             if switch not in pose_bones or _IK_FK not in pose_bones[switch]:
                 continue
-            if fk_end not in result.rotated or ik_end not in pose_bones:
+            if any(n not in result.rotated for n in names[1:4]) or any(
+                    n not in pose_bones for n in names[4:]):
                 continue
-            if float(pose_bones[switch][_IK_FK]) >= 1.0:
+            value = float(pose_bones[switch][_IK_FK])
+            if value >= 1.0:
                 continue
-            fk, ik = skeleton.index(fk_end), skeleton.index(ik_end)
-            extras[ik] = (fk, core.rigid_inverse(skeleton.rest[fk]) @ skeleton.rest[ik])
-            switched.append(switch)
-    return extras, switched
+            idx = [skeleton.index(n) for n in names[1:]]
+            limbs.append(_IKLimb(switch, value, tuple(idx[:3]), *idx[3:]))
+    return limbs
 
 
-def _bake(target, skeleton, result, frames, take_name, scene):
+def _key_ik_controls(writer, target, skeleton, limbs, frames, scene) -> None:
+    """Put each IK end control on its FK end as Blender evaluates it, then roll the IK
+    control that sets the bend plane until the IK elbow/knee lies where the FK one does."""
+    ends = {}
+    wanted = [i for limb in limbs for i in (limb.fk[2], skeleton.parents[limb.ik_end])]
+    evaluated = _evaluate(target, wanted, skeleton, frames, scene)
+    for limb in limbs:
+        follow = core.rigid_inverse(skeleton.rest[limb.fk[2]]) @ skeleton.rest[limb.ik_end]
+        ends[limb.ik_end] = evaluated[limb.fk[2]] @ follow
+        writer.bone(skeleton, limb.ik_end, _basis(
+            skeleton, limb.ik_end, None, ends[limb.ik_end],
+            evaluated[skeleton.parents[limb.ik_end]], _local(target, skeleton, limb.ik_end)),
+            True)
+    roll = {limb.ik_roll: np.zeros(len(frames)) for limb in limbs}
+    for _ in range(_PLANE_PASSES):
+        wanted = [i for limb in limbs for i in (*limb.fk, limb.ik_lower, limb.ik_roll)]
+        evaluated = _evaluate(target, wanted, skeleton, frames, scene)
+        for limb in limbs:
+            shoulder, elbow, wrist = (evaluated[i][:, :3, 3] for i in limb.fk)
+            axis = wrist - shoulder
+            axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+            have = _perpendicular(evaluated[limb.ik_lower][:, :3, 3] - shoulder, axis)
+            want = _perpendicular(elbow - shoulder, axis)
+            turn = np.arctan2(np.einsum("ni,ni->n", np.cross(have, want), axis),
+                              np.einsum("ni,ni->n", have, want))
+            own_axis = evaluated[limb.ik_roll][:, :3, 1]  # the control rolls about its Y
+            roll[limb.ik_roll] += turn * np.sign(np.einsum("ni,ni->n", own_axis, axis))
+            basis = np.tile(np.eye(4), (len(frames), 1, 1))
+            basis[:, :3, :3] = core.axis_rotation(np.array([0.0, 1.0, 0.0]), roll[limb.ik_roll])
+            writer.bone(skeleton, limb.ik_roll, basis, False)
+
+
+def _perpendicular(v: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    return v - np.einsum("ni,ni->n", v, axis)[:, None] * axis
+
+
+def _bake(target, skeleton, result, frames, take_name, scene, keep_ik=False):
     """Write every key into a new action, push it onto a new NLA track; returns
-    (action, track name, switched Rigify limbs)."""
-    extras, switched = _rigify_ik_extras(target, skeleton, result)
+    (action, track name, Rigify limbs driven through their IK controls)."""
+    ik_limbs = _rigify_ik_limbs(target, skeleton, result)
+    switched = [limb.switch for limb in ik_limbs]
     desired = {skeleton.index(n): result.pose[n] for n in result.rotated}
     located = {skeleton.index(n) for n in result.located}
 
@@ -240,8 +306,8 @@ def _bake(target, skeleton, result, frames, take_name, scene):
     levels = _evaluation_levels(target, skeleton, desired, set(followers))
     action = anim_compat.ensure_action(target, f"{target.name} | {take_name}")
     writer = _KeyWriter(target, frames)
-    for switch in switched:
-        writer.channel(f'pose.bones["{switch}"]["{_IK_FK}"]', 0, switch, np.ones(len(frames)))
+    for switch in switched:  # FK while the FK controls' children are evaluated
+        writer.channel(_switch_path(switch), 0, switch, np.ones(len(frames)))
 
     analytic = [b for b in desired if levels[b] == 0 and b not in followers]
     for b in analytic:
@@ -261,13 +327,12 @@ def _bake(target, skeleton, result, frames, take_name, scene):
             writer.bone(skeleton, b, _basis(skeleton, b, None, desired[b],
                                             parents[skeleton.parents[b]],
                                             _local(target, skeleton, b)), b in located)
-    if extras:  # IK controls onto the FK ends as Blender now evaluates them
-        wanted = [fk for fk, _ in extras.values()] + [skeleton.parents[ik] for ik in extras]
-        evaluated = _evaluate(target, wanted, skeleton, frames, scene)
-        for ik, (fk, follow) in extras.items():
-            writer.bone(skeleton, ik, _basis(skeleton, ik, None, evaluated[fk] @ follow,
-                                             evaluated[skeleton.parents[ik]],
-                                             _local(target, skeleton, ik)), True)
+    if ik_limbs:  # the IK controls follow the FK pose; the IK chain solves either way
+        if keep_ik:  # play the take in IK, at the rig's own setting
+            for limb in ik_limbs:
+                writer.channel(_switch_path(limb.switch), 0, limb.switch,
+                               np.full(len(frames), limb.value))
+        _key_ik_controls(writer, target, skeleton, ik_limbs, frames, scene)
     if result.object_location is not None:
         for i in range(3):
             writer.channel("location", i, "Object Transforms", result.object_location[:, i])
@@ -281,6 +346,10 @@ def _bake(target, skeleton, result, frames, take_name, scene):
         strip.action_slot = slot
     anim.action = None
     return action, track.name, switched
+
+
+def _switch_path(switch: str) -> str:
+    return f'pose.bones["{bpy.utils.escape_identifier(switch)}"]["{_IK_FK}"]'
 
 
 def _evaluation_levels(target, skeleton, desired: dict, followers=frozenset()) -> dict[int, int]:
@@ -413,7 +482,8 @@ class _KeyWriter:
 
     def channel(self, path: str, index: int, group: str, values: np.ndarray) -> None:
         fcurve = anim_compat.ensure_fcurve(self.target, path, index, group)
-        keyframes._replace_range(fcurve, None, self.frames, np.asarray(values, np.float64),
+        keyframes._replace_range(fcurve, keyframes._read_points(fcurve), self.frames,
+                                 np.asarray(values, np.float64),
                                  self.types, float(self.frames.min()), float(self.frames.max()))
 
     def bone(self, skeleton, b: int, basis: np.ndarray, with_location: bool) -> None:
