@@ -49,7 +49,8 @@ _HARMLESS_CONSTRAINTS = {"COPY_SCALE", "LIMIT_SCALE", "MAINTAIN_VOLUME"}
 @dataclass
 class RetargetReport:
     """What retarget_motion did: the new action, its NLA track, the Blender frames keyed, the
-    bone map used (and the preset it came from, if any), and a one-line summary."""
+    bone map used (and the preset it came from, if any), which joints and bones it leaves
+    out (bone_maps.unmapped_report), and a one-line summary."""
 
     action: bpy.types.Action
     track_name: str
@@ -57,6 +58,7 @@ class RetargetReport:
     last_frame: int
     preset: str | None
     bone_map: dict
+    unmapped: str
     message: str
 
 
@@ -128,18 +130,20 @@ def retarget_motion(
     to FK for the take (exact); their IK controls are keyed to follow in both cases.
     """
     scene = scene or bpy.context.scene
-    skeleton = read_skeleton(target)
-    _refuse_scaled_pose(target)
-    preset = None
-    if bone_map is None:
-        preset, bone_map = detect_bone_map(target)
-    result = core.retarget(motion.rotmats, motion.transl, rest_joints, skeleton, bone_map,
-                           coordinate_frame=motion.coordinate_frame, root_motion=root_motion,
-                           contacts=contacts)
-    frames = (frame_offset + motion.frame_indices).astype(np.float64)
+    if target is None or target.type != "ARMATURE":
+        read_skeleton(target)  # the one-line error
     snapshot = SceneSnapshot(scene)
-    state = _AnimState(target, scene)
+    state = _AnimState(target, scene)  # object mode: edit-mode bone changes are synced
     try:
+        skeleton = read_skeleton(target)
+        _refuse_scaled_pose(target)
+        preset = None
+        if bone_map is None:
+            preset, bone_map = detect_bone_map(target)
+        result = core.retarget(motion.rotmats, motion.transl, rest_joints, skeleton, bone_map,
+                               coordinate_frame=motion.coordinate_frame,
+                               root_motion=root_motion, contacts=contacts)
+        frames = (frame_offset + motion.frame_indices).astype(np.float64)
         action, track_name, switched = _bake(target, skeleton, result, frames, take_name, scene,
                                              keep_ik)
     except BaseException:
@@ -153,6 +157,7 @@ def retarget_motion(
     return RetargetReport(
         action=action, track_name=track_name, first_frame=int(frames.min()),
         last_frame=int(frames.max()), preset=preset, bone_map=dict(bone_map),
+        unmapped=bone_maps.unmapped_report(bone_map, skeleton.names),
         message=f"{take_name} -> {target.name}: {result.report}{note}",
     )
 

@@ -138,6 +138,7 @@ def test_retarget_onto_named_rigs_keeps_directions_and_twist(model, style, arm_d
     target = build_target(layout, style, euler)
     report = retarget.retarget_rig(source, target)
     assert report.preset == style
+    assert report.unmapped.startswith(f"{len(report.bone_map)} bones mapped")
     assert target.animation_data.action is None  # the take plays from its NLA strip
     assert [t.name for t in target.animation_data.nla_tracks] == ["Source"]
     worst_dir, worst_twist = check_accuracy(source, target, report.bone_map, range(1, 13))
@@ -227,6 +228,20 @@ def test_takes_layer_on_nla_and_object_root_motion(model):
     moved = np.array(target.matrix_world)[:3, 3]
     bpy.context.scene.frame_set(1)
     assert np.linalg.norm(moved[:2] - np.array(target.matrix_world)[:2, 3]) > 0.1
+
+
+def test_a_target_in_edit_mode_is_read_as_edited_and_left_in_edit_mode(model):
+    rotmats, transl = large_motion(4, seed=11)
+    source = source_rig(model, rotmats, transl)
+    target = build_target(rig_layout("vrm", model.rest_joints(BETAS)), "VRM")
+    bpy.context.view_layer.objects.active = target
+    bpy.ops.object.mode_set(mode="EDIT")
+    target.data.edit_bones["leftLowerArm"].roll += 1.0  # not yet synced to the bones
+    report = retarget.retarget_rig(source, target)
+    assert bpy.context.mode == "EDIT_ARMATURE"
+    bpy.ops.object.mode_set(mode="OBJECT")
+    worst_dir, worst_twist = check_accuracy(source, target, report.bone_map, range(1, 5))
+    assert worst_dir <= 1.0 and worst_twist <= 2.0
 
 
 def _scene_state(target):
