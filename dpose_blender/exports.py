@@ -143,14 +143,16 @@ def export_bvh(
     first, last = frame_range or (scene.frame_start, scene.frame_end)
     to_y_up = np.eye(4)
     to_y_up[:3, :3] = Y_UP_FROM_BLENDER
-    with _kept_scene_state(scene):
-        proxy = _y_up_proxy(rig, scene, Matrix((to_y_up @ world).tolist()))
-        try:
+    proxy = None
+    try:
+        with _kept_scene_state(scene):
+            proxy = _y_up_proxy(rig, scene, Matrix((to_y_up @ world).tolist()))
             _select_only([proxy])
             with _atomic(destination) as tmp:
                 _run(bpy.ops.export_anim.bvh, filepath=str(tmp), frame_start=int(first),
                      frame_end=int(last), root_transform_only=False)
-        finally:
+    finally:  # removed only once the selection no longer refers to it (4.2 crashes otherwise)
+        if proxy is not None:
             data = proxy.data
             bpy.data.objects.remove(proxy)
             bpy.data.armatures.remove(data)
@@ -275,8 +277,7 @@ def _kept_scene_state(scene: bpy.types.Scene) -> Iterator[None]:
         yield
     finally:
         for obj in view_layer.objects:
-            if obj is not None:  # a temporary object removed inside the block
-                obj.select_set(obj in selected)
+            obj.select_set(obj in selected)
         view_layer.objects.active = active
         if active is not None and mode != "OBJECT":
             bpy.ops.object.mode_set(mode=_OBJECT_MODE_FOR_CONTEXT.get(mode, mode))
