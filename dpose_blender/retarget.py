@@ -17,6 +17,7 @@ and mode restored.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import bpy
@@ -43,6 +44,7 @@ _RIGIFY_LIMBS = (
 )
 _PLANE_PASSES = 3  # evaluations that turn the IK bend plane onto the FK one
 _IK_FK = "IK_FK"  # Rigify: 0 = IK, 1 = FK
+PROP_BONE_MAP = "dpose_bone_map"  # JSON {bone: joint} saved with the rig
 _HARMLESS_CONSTRAINTS = {"COPY_SCALE", "LIMIT_SCALE", "MAINTAIN_VOLUME"}
 
 
@@ -79,6 +81,27 @@ def read_skeleton(armature: bpy.types.Object) -> core.TargetSkeleton:
 def detect_bone_map(armature: bpy.types.Object) -> tuple[str, dict]:
     """(preset, {bone: joint}) picked from the armature's bone names; DPoseError if none fits."""
     return bone_maps.detect_preset(b.name for b in armature.data.bones)
+
+
+def store_bone_map(armature: bpy.types.Object, bone_map: dict) -> None:
+    """Save an (edited) bone map with the rig, as JSON in a custom property of its object."""
+    bone_maps.check_bone_map(bone_map, (b.name for b in armature.data.bones))
+    armature[PROP_BONE_MAP] = json.dumps(dict(bone_map), sort_keys=True)
+
+
+def stored_bone_map(armature: bpy.types.Object) -> dict | None:
+    """The bone map saved with the rig by store_bone_map, or None."""
+    text = armature.get(PROP_BONE_MAP)
+    if text is None:
+        return None
+    try:
+        data = json.loads(str(text))
+    except json.JSONDecodeError:
+        raise DPoseError(f"The bone map stored on {armature.name!r} is damaged; pick a preset "
+                         "or load a bone map file again.") from None
+    if not isinstance(data, dict):
+        raise DPoseError(f"The bone map stored on {armature.name!r} is not a bone map.")
+    return {str(k): str(v) for k, v in data.items()}
 
 
 def retarget_rig(
@@ -123,7 +146,8 @@ def retarget_motion(
     """Bake `motion` (SMPL-X, rest joints J(beta) (55,3) model frame) onto `target` as a new
     action pushed onto a new NLA track; keys at Blender frames frame_offset + frame_indices.
 
-    bone_map {bone: joint} (default: detected from the bone names); root_motion "bone",
+    bone_map {bone: joint} (default: the one stored with the rig, else detected from the bone
+    names); root_motion "bone",
     "object" or "in_place"; contacts (N,4) heel/toe per foot to plant the feet. keep_ik:
     Rigify limbs whose switch is on IK play in IK (driven through the IK controls; Rigify's
     stretchy IK chain then lands elbows and knees within a few degrees) instead of being keyed
@@ -138,6 +162,8 @@ def retarget_motion(
         skeleton = read_skeleton(target)
         _refuse_scaled_pose(target)
         preset = None
+        if bone_map is None:
+            bone_map = stored_bone_map(target)
         if bone_map is None:
             preset, bone_map = detect_bone_map(target)
         result = core.retarget(motion.rotmats, motion.transl, rest_joints, skeleton, bone_map,

@@ -244,6 +244,24 @@ def test_a_target_in_edit_mode_is_read_as_edited_and_left_in_edit_mode(model):
     assert worst_dir <= 1.0 and worst_twist <= 2.0
 
 
+def test_a_bone_map_saved_with_the_rig_is_used(model):
+    rotmats, transl = large_motion(3, seed=12)
+    source = source_rig(model, rotmats, transl)
+    target = build_target(rig_layout("mixamo", model.rest_joints(BETAS)), "Mixamo")
+    _, detected = retarget.detect_bone_map(target)
+    edited = {b: j for b, j in detected.items() if "Hand" not in b or "Thumb" not in b}
+    retarget.store_bone_map(target, edited)
+    assert retarget.stored_bone_map(target) == edited
+    report = retarget.retarget_rig(source, target)
+    assert report.preset is None and report.bone_map == edited
+    assert "left_thumb1" in report.unmapped
+    with pytest.raises(DPoseError, match="lacks"):
+        retarget.store_bone_map(target, {**edited, "Tail": "jaw"})
+    target[retarget.PROP_BONE_MAP] = "{broken"
+    with pytest.raises(DPoseError, match="damaged"):
+        retarget.retarget_rig(source, target)
+
+
 def _scene_state(target):
     anim = target.animation_data
     return (sorted(bpy.data.objects.keys()), sorted(bpy.data.actions.keys()),
