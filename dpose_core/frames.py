@@ -267,8 +267,9 @@ class FrameSource:
     keep their source index and time), `total_frames` (in the source, None if unknown),
     `skipped_frames` (source indices of the frames the latest iteration could not read; see
     `skipped`). `len()` gives the number of frames the iteration visits (estimated for videos).
-    A damaged video frame is skipped by seeking past it; when nothing after a run of damaged
-    frames decodes, the rest is reported in one record (`FrameRecord.span`) and iteration ends.
+    A damaged video frame is reported once and reading goes on past it; damaged frames that
+    run to the end of the listed frames (a truncated file) are reported in one record
+    (`FrameRecord.span`). See docs/native-guards.md.
     """
 
     def __init__(self, path: str | Path, *, start: int = 0, end: int | None = None,

@@ -14,6 +14,7 @@ from dpose_core.frames import (
     read_image,
     to_rgb8,
 )
+from dpose_core.image_header import image_size
 
 
 def _level(i: int) -> int:
@@ -342,3 +343,41 @@ def test_png_exif_chunk_orientation(tmp_path):
     Image.fromarray(_asymmetric_rgb()).save(path, exif=exif.tobytes())
     assert exif_orientation(path.read_bytes()) == 8
     np.testing.assert_array_equal(read_image(path), np.rot90(_asymmetric_rgb(), 1))
+
+
+def _pil_bytes(fmt: str, array: np.ndarray, **options) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def test_image_size_from_headers_of_every_decoded_format():
+    rgb = np.random.default_rng(2).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    encoded = {ext: cv2.imencode(ext, rgb)[1].tobytes()
+               for ext in (".png", ".jpg", ".bmp", ".tif", ".webp", ".ppm", ".pam", ".jp2",
+                           ".ras")}
+    encoded[".pgm"] = cv2.imencode(".pgm", rgb[..., 0])[1].tobytes()
+    encoded[".pbm"] = cv2.imencode(".pbm", rgb[..., 0])[1].tobytes()
+    encoded[".hdr"] = cv2.imencode(".hdr", rgb.astype(np.float32) / 255)[1].tobytes()
+    encoded[".pfm"] = cv2.imencode(".pfm", rgb.astype(np.float32) / 255)[1].tobytes()
+    encoded["progressive.jpg"] = _pil_bytes("JPEG", rgb, progressive=True)
+    encoded["lzw.tif"] = _pil_bytes("TIFF", rgb, compression="tiff_lzw")
+    encoded["lossless.webp"] = _pil_bytes("WEBP", rgb, lossless=True)
+    encoded["alpha.webp"] = _pil_bytes("WEBP", np.dstack([rgb, rgb[..., :1]]))
+    encoded["pil.jp2"] = _pil_bytes("JPEG2000", rgb)
+    encoded["rgba16.png"] = cv2.imencode(".png", np.dstack([rgb, rgb[..., :1]]).astype(
+        np.uint16) * 257)[1].tobytes()
+    sizes = {name: image_size(data) for name, data in encoded.items()}
+    assert sizes == dict.fromkeys(encoded, (53, 37))
+
+
+def test_image_size_of_non_images_is_none():
+    png = cv2.imencode(".png", np.zeros((5, 6, 3), np.uint8))[1].tobytes()
+    for data in (b"", b"\x89PNG", png[:20], b"BM", b"GIF89a\x05\x00\x06\x00", b"P6\n# x\n",
+                 b"RIFF\x00\x00\x00\x00WEBPVP8 ", np.random.default_rng(0).bytes(300),
+                 png[:16] + b"\x00" * 8):  # zero width and height
+        assert image_size(data) is None
