@@ -322,7 +322,8 @@ class FrameSource:
     def _open_video(self):
         cv2 = _cv2()
         try:
-            cap = cv2.VideoCapture(str(self.path))
+            # FFmpeg only: OpenCV's fallback readers print to stderr on files FFmpeg refuses.
+            cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
             opened = cap.isOpened()
         except cv2.error:
             cap, opened = None, False
@@ -456,17 +457,17 @@ def open_frames(source: str | Path | FrameSource, *, start: int = 0, end: int | 
                        max_pixels=max_pixels)
 
 
+# FFmpeg's decoder messages ("[mjpeg @ 0x...] No JPEG data found") are off: each failure is
+# reported here as one failed FrameRecord. OpenCV reads this when it first starts FFmpeg, so it
+# is set on import; -8 is FFmpeg's "quiet". A user's own setting is kept.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 _QUIETED = False
 
 
 def _cv2():
-    """cv2, with OpenCV's and FFmpeg's own log lines off: every failure they would print is
-    reported by this module as one FrameError or failed FrameRecord instead. A user's own
-    OPENCV_LOG_LEVEL / OPENCV_FFMPEG_LOGLEVEL settings are left alone."""
+    """cv2, with OpenCV's own warnings off (errors reach us as exceptions and become one
+    FrameError each). A user's own OPENCV_LOG_LEVEL is left alone."""
     global _QUIETED
-    if not _QUIETED:
-        # Read by OpenCV when it first opens a video with FFmpeg; -8 is FFmpeg's "quiet".
-        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     import cv2
 
     if not _QUIETED:
