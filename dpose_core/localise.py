@@ -192,7 +192,8 @@ class OpenCVPersonFinder:
     top half a face above the face box, body ~3.5 face widths wide and ~7.5 face heights tall;
     an upper-body box is the top ~third of the body), clipped to the frame. Confidence: SVM
     margin for HOG, number of merged neighbour hits for the cascades.
-    max_side: images are downscaled to this longer side first (speed).
+    max_side: images are downscaled to this longer side first (speed). A frame smaller than
+    the HOG window is padded to it first: smaller ones crash OpenCV (docs/native-guards.md).
     """
 
     def __init__(self, use_hog: bool = True, use_faces: bool = True,

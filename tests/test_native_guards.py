@@ -283,7 +283,7 @@ def test_cli_batch_skips_unreadable_and_oversized_images(tmp_path, small_images,
     ]
     assert _lines(result.stderr)[-1] == "dpose: 3 of 5 images skipped (listed above)"
     assert json.loads(out.read_text())["image_index"] == [0, 2]
-    assert _peak_mb(result) < 3000  # 11.8 GB before the header check
+    assert _peak_mb(result) < 1800  # ~1.1 GB with the network loaded; 11.8 GB before the guard
 
 
 def test_cli_refuses_a_huge_image_in_one_line(tmp_path, huge_png, checkpoint_path,
@@ -297,7 +297,7 @@ def test_cli_refuses_a_huge_image_in_one_line(tmp_path, huge_png, checkpoint_pat
         f"dpose: error: Image {huge_png} is 20000x20000 (400 MP), over the 120 MP limit that "
         "keeps memory bounded; downscale it first (e.g. to 10954 px wide)."]
     assert not out.exists()
-    assert _peak_mb(result) < 3000
+    assert _peak_mb(result) < 1800  # decoding alone would add 1.2 GB or more
 
 
 def _write_clip(path: Path, n: int, size=(160, 90)) -> None:
@@ -338,7 +338,7 @@ def _damage_avi_frames(path: Path, frames: set[int]) -> None:
 
 def test_cli_video_damaged_in_the_middle_goes_on(tmp_path, checkpoint_path, onnx_cache_dir):
     clip = tmp_path / "damaged.avi"
-    _write_clip(clip, 9)
+    _write_clip(clip, 7)
     _damage_avi_frames(clip, {3, 4, 5})
     out = tmp_path / "motion.npz"
     result = _dpose("estimate", clip, "--checkpoint", checkpoint_path, "-o", out,
@@ -349,7 +349,7 @@ def test_cli_video_damaged_in_the_middle_goes_on(tmp_path, checkpoint_path, onnx
         f"dpose: skipped: Frame {i} of damaged.avi could not be decoded (damaged data); skipped."
         for i in (3, 4, 5)]
     with np.load(out, allow_pickle=False) as motion:  # the gap is filled in and flagged
-        assert motion["dpose_frame_indices"].tolist() == list(range(9))
+        assert motion["dpose_frame_indices"].tolist() == list(range(7))
         assert (motion["dpose_flags"][[3, 4, 5]] & FLAG_INTERPOLATED).all()
 
 
