@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import DPoseError, FrameError
+from .frames import to_rgb8
 from .tracking import box_iou
 
 BODY_JOINTS = np.r_[0:22, 55:76]  # skeleton body joints + feet/face/fingertip vertex joints
@@ -191,7 +192,8 @@ class OpenCVPersonFinder:
     top half a face above the face box, body ~3.5 face widths wide and ~7.5 face heights tall;
     an upper-body box is the top ~third of the body), clipped to the frame. Confidence: SVM
     margin for HOG, number of merged neighbour hits for the cascades.
-    max_side: images are downscaled to this longer side first (speed).
+    max_side: images are downscaled to this longer side first (speed). A frame smaller than
+    the HOG window is padded to it first: smaller ones crash OpenCV (docs/native-guards.md).
     """
 
     def __init__(self, use_hog: bool = True, use_faces: bool = True,
@@ -218,6 +220,7 @@ class OpenCVPersonFinder:
     def find(self, image: np.ndarray, hints: Sequence[np.ndarray] = ()) -> list[Detection]:
         import cv2
 
+        image = to_rgb8(image, bgr=False)  # gray, RGBA, 16-bit: the detectors take 8-bit RGB
         h, w = image.shape[:2]
         s = min(1.0, self.max_side / max(h, w))
         small = image if s >= 1.0 else cv2.resize(image, (max(1, round(w * s)),
@@ -225,13 +228,14 @@ class OpenCVPersonFinder:
                                                    interpolation=cv2.INTER_AREA)
         boxes, scores, sources = [], [], []
         if self._hog is not None:
-            rects, weights = self._hog.detectMultiScale(small[:, :, ::-1], winStride=(8, 8),
-                                                        padding=(8, 8), scale=1.05)
+            rects, weights = self._hog.detectMultiScale(
+                pad_to_hog_window(small[:, :, ::-1], self._hog.winSize), winStride=(8, 8),
+                padding=(8, 8), scale=1.05)
             for (x, y, bw, bh), wt in zip(np.reshape(rects, (-1, 4)), np.ravel(weights),
                                           strict=True):
                 if wt < self.hog_min_weight:
                     continue
-                boxes.append(np.array([x, y, x + bw, y + bh]) / s)
+                boxes.append(clip_box(np.array([x, y, x + bw, y + bh]) / s, w, h))
                 scores.append(float(1.0 - np.exp(-(wt - 0.5))))
                 sources.append("hog")
         gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
@@ -267,6 +271,26 @@ class OpenCVPersonFinder:
             if scores_arr[i] >= self.min_confidence:
                 out.append(Detection(boxes_arr[i], float(scores_arr[i]), sources[i]))
         return out
+
+
+def pad_to_hog_window(image: np.ndarray, window: tuple[int, int] = (64, 128)) -> np.ndarray:
+    """`image` grown at the right and bottom (edge pixels repeated) to at least the HOG
+    detection window (width, height), so box coordinates are unchanged.
+
+    OpenCV's HOGDescriptor.detectMultiScale reads outside its buffers when the image is smaller
+    than the window: it segfaults or corrupts the heap for the default 64x128 people window
+    with an image 96 px tall or less, or 32 px wide or less (opencv-python 4.11; measured in
+    docs/native-guards.md). Every pyramid level after the first is at least the window, so
+    padding the first level is enough.
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    win_w, win_h = int(window[0]), int(window[1])
+    if h >= win_h and w >= win_w:
+        return image
+    return cv2.copyMakeBorder(np.ascontiguousarray(image), 0, max(0, win_h - h), 0,
+                              max(0, win_w - w), cv2.BORDER_REPLICATE)
 
 
 def _cascade(name: str):
@@ -331,6 +355,7 @@ class OnnxPersonDetector:
     def find(self, image: np.ndarray, hints: Sequence[np.ndarray] = ()) -> list[Detection]:
         import cv2
 
+        image = to_rgb8(image, bgr=False)
         h, w = image.shape[:2]
         s = self.input_size / max(h, w)
         nh, nw = max(1, round(h * s)), max(1, round(w * s))
@@ -488,5 +513,5 @@ class _FullFrameAndOpenCV:
 __all__ = [
     "Detection", "ManualBoxFinder", "OnnxPersonDetector", "OpenCVPersonFinder",
     "SegmentationFinder", "clip_box", "crop_evidence", "decode_yolo", "make_finder", "nms",
-    "person_mask_box", "square_box",
+    "pad_to_hog_window", "person_mask_box", "square_box",
 ]

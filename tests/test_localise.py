@@ -15,6 +15,7 @@ from dpose_core.localise import (
     crop_evidence,
     decode_yolo,
     nms,
+    pad_to_hog_window,
 )
 from dpose_core.preprocess import box_to_center_scale, crop_box
 from dpose_core.tracking import box_iou
@@ -166,6 +167,32 @@ def test_opencv_finds_person_in_real_photos(name, person_box):
     best = max(found, key=lambda d: d.confidence)
     assert box_iou(best.box[None], np.array([person_box], float))[0, 0] > 0.5
     assert 0.5 <= best.confidence <= 1.0
+
+
+def test_opencv_finder_takes_gray_rgba_and_16bit_images():
+    rgb = _rgb_sample("astronaut")
+    expected = [d.box for d in OpenCVPersonFinder().find(rgb)]
+    assert len(expected) == 1
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    variants = [np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),
+                rgb.astype(np.uint16) * 257, gray]
+    for image in variants[:2]:  # same pixels once converted: the same box
+        np.testing.assert_allclose([d.box for d in OpenCVPersonFinder().find(image)], expected)
+    found = OpenCVPersonFinder().find(gray)  # gray loses colour, not the face
+    assert len(found) == 1 and box_iou(found[0].box[None], expected[0][None])[0, 0] > 0.8
+
+
+def test_pad_to_hog_window_keeps_coordinates():
+    image = np.arange(96 * 40 * 3, dtype=np.uint32).reshape(96, 40, 3).astype(np.uint8)
+    padded = pad_to_hog_window(image)
+    assert padded.shape == (128, 64, 3)
+    np.testing.assert_array_equal(padded[:96, :40], image)  # the picture stays at the origin
+    np.testing.assert_array_equal(padded[96:, :40], np.repeat(image[95:96], 32, axis=0))
+    np.testing.assert_array_equal(padded[:96, 40:], np.repeat(image[:, 39:40], 24, axis=1))
+    big = np.zeros((128, 64, 3), np.uint8)
+    assert pad_to_hog_window(big) is big
+    assert pad_to_hog_window(np.zeros((1, 1, 3), np.uint8)).shape == (128, 64, 3)
+    assert pad_to_hog_window(np.zeros((300, 20, 3), np.uint8)).shape == (300, 64, 3)
 
 
 def test_opencv_finds_nobody_in_coffee():
