@@ -144,6 +144,9 @@ class _OnnxRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or physical_cores() or 0  # 0: ORT decides
         options.log_severity_level = 3  # errors only: provider fallbacks are reported below
+        # Idle worker threads sleep instead of spinning: after `run` returns, spinning threads
+        # keep the cores busy while the crop, joints and finder need them (bench/README.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_path), options, providers=providers)
         used = self.session.get_providers()
         self.device = used[0] if used else _CPU_EP
