@@ -19,6 +19,7 @@ made the other way (time excluded) to give the input-tensor difference; after it
 the run's network calls is repeated with the exact crop to give the output differences.
 
     python bench/bench_network_share.py [--checkpoint CKPT] [--frames 100] [--block 5]
+                                        [--samples 8] [--prefetch]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from dpose_core import estimator as estimator_module  # noqa: E402
 from dpose_core.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from dpose_core.frames import FrameSource  # noqa: E402
 from dpose_core.localise import make_finder  # noqa: E402
+from dpose_core.prefetch import prefetch  # noqa: E402
 from dpose_core.sequence import estimate_sequence  # noqa: E402
 
 MODES = ("before", "after")
@@ -231,9 +233,11 @@ def block_mode(frame: int, block: int) -> str:
 class Frames(FrameSource):
     """The clip's frames; switches the mode before each block and records per-frame figures."""
 
-    def __init__(self, path, est, session: TimedSession, finder: TimedFinder, block: int):
+    def __init__(self, path, est, session: TimedSession, finder: TimedFinder, block: int,
+                 read_ahead: bool):
         super().__init__(path)
         self.est, self.session, self.finder, self.block = est, session, finder, block
+        self.read_ahead = read_ahead
         self.rows: list[dict] = []
 
     def _snapshot(self) -> dict:
@@ -244,7 +248,7 @@ class Frames(FrameSource):
                 "excluded": Stopwatch.excluded}
 
     def __iter__(self):
-        it = super().__iter__()
+        it = prefetch(super().__iter__()) if self.read_ahead else super().__iter__()
         frame = 0
         while True:
             mode = block_mode(frame, self.block)
@@ -307,6 +311,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--block", type=int, default=5)
     parser.add_argument("--samples", type=int, default=8, help="network calls re-run exactly")
+    parser.add_argument("--prefetch", action="store_true",
+                        help="decode the next frame in a worker thread (both modes)")
     args = parser.parse_args()
     from dpose_core.estimator import Estimator
 
@@ -335,7 +341,7 @@ def main() -> None:
         calls_per_sample = max(1, int(1.4 * args.frames / max(args.samples, 1)))
         est = InstrumentedEstimator(inner, calls_per_sample, session, sessions)
         finder = TimedFinder(make_finder(est, "auto"), est)
-        frames = Frames(clip, est, session, finder, args.block)
+        frames = Frames(clip, est, session, finder, args.block, args.prefetch)
         start = time.perf_counter()
         result = estimate_sequence(frames, est, finder=finder)
         total = time.perf_counter() - start - Stopwatch.excluded
