@@ -1,12 +1,14 @@
-"""Box -> crop -> network input, reproducing the reference demo preprocessing in numpy only.
+"""Box -> crop -> network input, reproducing the reference demo preprocessing with numpy and
+OpenCV only.
 
-Why numpy only: this runs inside Blender, where scipy and scikit-image are absent. The
+Why not scikit-image: this runs inside Blender, where scipy and scikit-image are absent. The
 reference crops with SPIN's `crop` (integer corners from an inverted affine transform, zero
 fill) and resizes with `skimage.transform.resize` defaults (v0.19): a Gaussian anti-aliasing
 pre-filter (sigma = max(0, (s - 1) / 2), truncate 4, boundary 'mirror') followed by
 `ndimage.zoom(order=1, mode='mirror', grid_mode=True)` and a clip to the input range.
-Both steps are linear, so per axis they collapse into one (224, n) matrix; the crop is
-resampled with two matrix products (rows, then columns) in float64.
+`crop_image` does the same separably in float32 with OpenCV's filter on only the pixels the
+output reads (within 1e-4 of the exact result on the 0-255 scale); `crop_image_exact`
+collapses both linear steps per axis into one (224, n) float64 matrix (~1e-13 of skimage).
 """
 
 from __future__ import annotations

@@ -218,3 +218,33 @@ def test_fast_crop_takes_views_and_other_dtypes():
     as_float = view.astype(np.float64)
     np.testing.assert_allclose(preprocess.crop_image(as_float, centre, scale),
                                preprocess.crop_image_exact(view, centre, scale), atol=1e-3)
+
+
+def test_fast_crop_survives_extreme_shapes_in_a_subprocess():
+    """OpenCV's filter on 1-pixel images, strips and panoramas, boxes far larger than the image
+    along one axis: no native crash, and the exact path's numbers."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import numpy as np
+from dpose_core import preprocess
+rng = np.random.default_rng(0)
+cases = [((1, 1), (0, 0, 1, 1)), ((1, 1), (-50, -50, 50, 50)), ((2, 2000), (0, 0, 2000, 2)),
+         ((2000, 2), (0, 0, 2, 2000)), ((300, 3000), (0, 0, 3000, 300)),
+         ((300, 3000), (-10, 100, 3010, 101)), ((64, 128), (60, 30, 61, 31)),
+         ((96, 96), (-400, 40, 500, 41))]
+worst = 0.0
+for (h, w), box in cases:
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    centre, scale = preprocess.box_to_center_scale(box)
+    fast = preprocess.crop_image(image, centre, scale)
+    exact = preprocess.crop_image_exact(image, centre, scale)
+    worst = max(worst, float(np.abs(fast - exact).max()))
+print(worst)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip()) <= 1e-3
