@@ -19,7 +19,7 @@ made the other way (time excluded) to give the input-tensor difference; after it
 the run's network calls is repeated with the exact crop to give the output differences.
 
     python bench/bench_network_share.py [--checkpoint CKPT] [--frames 100] [--block 5]
-                                        [--samples 8] [--prefetch]
+                                        [--samples 8] [--prefetch] [--detect-every N]
 """
 
 from __future__ import annotations
@@ -311,6 +311,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--block", type=int, default=5)
     parser.add_argument("--samples", type=int, default=8, help="network calls re-run exactly")
+    parser.add_argument("--detect-every", type=int,
+                        help="frames between the finder's OpenCV proposals (default: its own)")
     parser.add_argument("--prefetch", action="store_true",
                         help="decode the next frame in a worker thread (both modes)")
     args = parser.parse_args()
@@ -341,6 +343,8 @@ def main() -> None:
         calls_per_sample = max(1, int(1.4 * args.frames / max(args.samples, 1)))
         est = InstrumentedEstimator(inner, calls_per_sample, session, sessions)
         finder = TimedFinder(make_finder(est, "auto"), est)
+        if args.detect_every:
+            finder.inner.detect_every = args.detect_every
         frames = Frames(clip, est, session, finder, args.block, args.prefetch)
         start = time.perf_counter()
         result = estimate_sequence(frames, est, finder=finder)
