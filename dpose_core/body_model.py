@@ -9,6 +9,7 @@ and 51 barycentric face landmarks. Output frame = the frame of rotation 0 (for D
 OpenCV camera frame, x right, y down, z forward, metres).
 """
 
+import functools
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,10 +254,34 @@ class BodyModel:
         The rig's bone heads; the pelvis rest position J_0(beta) is where transl is measured from.
         """
         b = self._betas(betas)
-        # J_regressor is linear, so regress template and directions once (cheap for many betas).
-        j_template = self.J_regressor @ self.v_template
-        j_dirs = np.einsum("jv,vkl->jkl", self.J_regressor, self.shapedirs)
+        j_template, j_dirs = self._joint_regression
         return j_template + np.einsum("...l,jkl->...jk", b, j_dirs)
+
+    @functools.cached_property
+    def _joint_regression(self) -> tuple[np.ndarray, np.ndarray]:
+        """J_regressor applied to the template and the shape directions, once per model.
+
+        J_regressor is linear, so this is exact; the model's arrays are never changed after
+        construction, which is what makes caching it (and `_skinned_subset`) safe.
+        """
+        return (self.J_regressor @ self.v_template,
+                np.einsum("jv,vkl->jkl", self.J_regressor, self.shapedirs))
+
+    @functools.cached_property
+    def _skinned_subset(self) -> "_SkinnedSubset":
+        """The vertices the 21 vertex joints and 51 landmarks read, and their model rows."""
+        lmk_vids = self.faces[self.lmk_faces_idx]  # (51, 3)
+        vids, inverse = np.unique(
+            np.concatenate([self.vertex_joint_ids, lmk_vids.ravel()]), return_inverse=True
+        )
+        cols = (vids[:, None] * 3 + np.arange(3)).ravel()
+        return _SkinnedSubset(
+            vids=vids,
+            extra_ids=inverse[: len(self.vertex_joint_ids)],
+            lmk_ids=inverse[len(self.vertex_joint_ids):].reshape(lmk_vids.shape),
+            v_template=self.v_template[vids], shapedirs=self.shapedirs[vids],
+            posedirs=self.posedirs[:, cols], lbs_weights=self.lbs_weights[vids],
+        )
 
     def _betas(self, betas: np.ndarray) -> np.ndarray:
         b = np.asarray(betas, dtype=np.float64)
@@ -303,14 +328,11 @@ class BodyModel:
         else:
             t = np.broadcast_to(np.asarray(transl, dtype=np.float64), (n, 3))
 
-        lmk_vids = self.faces[self.lmk_faces_idx]  # (51, 3)
-        extra_ids, lmk_ids, vids = self.vertex_joint_ids, lmk_vids, None
+        subset = None
+        extra_ids, lmk_ids = self.vertex_joint_ids, self.faces[self.lmk_faces_idx]
         if not return_vertices:  # skin only the vertices the extra joints read
-            vids, inverse = np.unique(
-                np.concatenate([self.vertex_joint_ids, lmk_vids.ravel()]), return_inverse=True
-            )
-            extra_ids = inverse[: len(self.vertex_joint_ids)]
-            lmk_ids = inverse[len(self.vertex_joint_ids):].reshape(lmk_vids.shape)
+            subset = self._skinned_subset
+            extra_ids, lmk_ids = subset.extra_ids, subset.lmk_ids
 
         verts_out = np.empty((n, self.num_vertices, 3)) if return_vertices else None
         joints_out = np.empty((n, NUM_JOINTS + len(extra_ids) + NUM_LANDMARKS, 3))
@@ -318,7 +340,7 @@ class BodyModel:
         for start in range(0, n, _CHUNK):
             sl = slice(start, min(n, start + _CHUNK))
             verts, joints, transforms = self._lbs(
-                rot[sl], b[sl] if b.ndim == 2 else b, pose_correctives, vids
+                rot[sl], b[sl] if b.ndim == 2 else b, pose_correctives, subset
             )
             verts += t[sl, None]
             transforms[:, :, :3, 3] += t[sl, None]
@@ -334,24 +356,20 @@ class BodyModel:
     __call__ = forward
 
     def _lbs(
-        self, rot: np.ndarray, betas: np.ndarray, pose_correctives: bool, vids: np.ndarray | None
+        self, rot: np.ndarray, betas: np.ndarray, pose_correctives: bool,
+        subset: "_SkinnedSubset | None",
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Skin one chunk -> vertices (n,|vids|,3), joints (n,55,3), transforms (n,55,4,4)."""
+        """Skin one chunk -> vertices (n,V or subset,3), joints (n,55,3), transforms (n,55,4,4)."""
         n = rot.shape[0]
         joints_rest = self.rest_joints(betas)  # (55,3) or (n,55,3)
         joints_rest = np.broadcast_to(joints_rest, (n, NUM_JOINTS, 3))
-        shapedirs = self.shapedirs if vids is None else self.shapedirs[vids]
-        template = self.v_template if vids is None else self.v_template[vids]
-        v = template + np.einsum("...l,vkl->...vk", betas, shapedirs)
+        model = self if subset is None else subset
+        template = model.v_template
+        v = template + np.einsum("...l,vkl->...vk", betas, model.shapedirs)
         v = np.broadcast_to(v, (n, *template.shape))
         if pose_correctives:
             feature = (rot[:, 1:] - np.eye(3)).reshape(n, -1)  # (n, 486)
-            if vids is None:
-                posedirs = self.posedirs
-            else:
-                cols = (vids[:, None] * 3 + np.arange(3)).ravel()
-                posedirs = self.posedirs[:, cols]
-            v = v + (feature @ posedirs).reshape(n, -1, 3)
+            v = v + (feature @ model.posedirs).reshape(n, -1, 3)
 
         # Rigid chain: local transforms (R_j, J_j - J_parent), composed root to leaves.
         rel = joints_rest.copy()
@@ -371,11 +389,24 @@ class BodyModel:
 
         # Skinning transforms map rest-pose points: x -> R (x - J_rest) + J_posed.
         skin_t = world_pos - np.einsum("njab,njb->nja", world_rot, joints_rest)
-        weights = self.lbs_weights if vids is None else self.lbs_weights[vids]
+        weights = model.lbs_weights
         blend_r = (weights @ world_rot.reshape(n, NUM_JOINTS, 9)).reshape(n, -1, 3, 3)
         blend_t = weights @ skin_t
         verts = np.einsum("nvab,nvb->nva", blend_r, v) + blend_t
         return verts, world_pos, transforms
+
+
+@dataclass(frozen=True)
+class _SkinnedSubset:
+    """Rows of a BodyModel for the vertices a joints-only forward pass skins."""
+
+    vids: np.ndarray
+    extra_ids: np.ndarray
+    lmk_ids: np.ndarray
+    v_template: np.ndarray
+    shapedirs: np.ndarray
+    posedirs: np.ndarray
+    lbs_weights: np.ndarray
 
 
 def _to_numpy(value) -> np.ndarray:

@@ -144,6 +144,9 @@ class _OnnxRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or physical_cores() or 0  # 0: ORT decides
         options.log_severity_level = 3  # errors only: provider fallbacks are reported below
+        # Idle worker threads sleep instead of spinning: after `run` returns, spinning threads
+        # keep the cores busy while the crop, joints and finder need them (bench/README.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_path), options, providers=providers)
         used = self.session.get_providers()
         self.device = used[0] if used else _CPU_EP
@@ -326,6 +329,8 @@ class Estimator:
             self._runner.run(crops[i : i + self.max_batch], bbox_info[i : i + self.max_batch])
             for i in range(0, len(crops), self.max_batch)
         ]
+        if len(chunks) == 1:  # no copy: the logits alone are 4.6 MB per crop
+            return dict(zip(names, chunks[0], strict=True))
         return {
             name: np.concatenate([c[k] for c in chunks], axis=0) for k, name in enumerate(names)
         }
@@ -401,13 +406,34 @@ class Estimator:
             joints2d=joints2d,
             depth=out["depth"],
             part_logits=out["part_logits"],
-            part_labels=np.argmax(out["part_logits"], axis=1).astype(np.uint8),
+            part_labels=part_labels(out["part_logits"]),
             crop_box=crop_boxes.reshape(-1, 4),
             box_center=centre,
             box_scale=scale,
             image_size=size,
             image_index=image_index,
         )
+
+
+def part_labels(part_logits: np.ndarray) -> np.ndarray:
+    """(B, 23, H, W) logits -> (B, H, W) uint8 argmax over the classes, ties to the lower class.
+
+    Equal to np.argmax(part_logits, axis=1) (NaN counts as the largest, as there), ~2.5x
+    faster: a running maximum over the 23 contiguous class planes instead of numpy's
+    argmax along a strided axis.
+    """
+    logits = np.asarray(part_logits)
+    labels = np.zeros((logits.shape[0], *logits.shape[2:]), np.uint8)
+    for i, planes in enumerate(logits):
+        best = planes[0].copy()
+        better = np.empty(best.shape, bool)
+        for c in range(1, len(planes)):
+            np.greater(planes[c], best, out=better)
+            np.putmask(labels[i], better, c)
+            np.maximum(best, planes[c], out=best)
+        if np.isnan(best).any():  # a NaN plane: np.argmax's rule (first NaN) applies
+            labels[i] = np.argmax(planes, axis=0)
+    return labels
 
 
 def _check_image(image) -> np.ndarray:

@@ -188,3 +188,53 @@ def test_a_damaged_model_cache_is_rebuilt_when_the_estimator_opens_it(checkpoint
     assert weights.read_bytes() == good
     estimate = second.estimate(IMAGE_A, [BOX_A])
     assert np.isfinite(estimate.rotmats).all() and np.isfinite(estimate.cam_t).all()
+
+
+def test_part_labels_equal_numpy_argmax_with_ties_and_nan():
+    from dpose_core.estimator import part_labels
+
+    rng = np.random.default_rng(21)
+    logits = rng.standard_normal((3, 23, 40, 30)).astype(np.float32)
+    logits[1] = np.round(logits[1] * 2) / 2  # many ties: the lower class wins, as in argmax
+    logits[1, 7] = logits[1].max(axis=0)  # class 7 ties with the maximum everywhere
+    logits[2, 5, 3, 4] = np.nan  # NaN counts as the largest in np.argmax
+    logits[2, 0, 9, 9] = np.nan
+    labels = part_labels(logits)
+    assert labels.dtype == np.uint8 and labels.shape == (3, 40, 30)
+    np.testing.assert_array_equal(labels, np.argmax(logits, axis=1))
+    assert labels[2, 3, 4] == 5 and labels[2, 9, 9] == 0
+    assert part_labels(np.zeros((0, 23, 4, 4), np.float32)).shape == (0, 4, 4)
+
+
+def test_single_chunk_outputs_are_the_runtime_arrays(estimator):
+    """One chunk is handed through without a copy; several are joined in order."""
+    x = preprocess.normalize_crops(preprocess.prepare_crops(IMAGE_A, [BOX_A, BOX_A])[0])
+    info = np.zeros((2, 3), np.float32)
+    one = estimator.run_crops(x, info)
+    old = estimator.max_batch
+    estimator.max_batch = 1
+    try:
+        two = estimator.run_crops(x, info)
+    finally:
+        estimator.max_batch = old
+    for name in ("rotmat", "betas", "cam_crop", "depth", "part_logits"):
+        assert one[name].shape == two[name].shape and one[name].dtype == np.float32
+        np.testing.assert_allclose(one[name], two[name], atol=1e-4)
+
+
+def test_fast_preprocessing_keeps_outputs_within_parity_of_the_exact_path(estimator,
+                                                                         monkeypatch):
+    """A real photo, boxes inside, partly outside and tiny: the fast crop changes the outputs
+    by less than the entry-point parity (rotations 1e-5, 2D joints 0.5 px)."""
+    skimage_data = pytest.importorskip("skimage.data")
+    image = skimage_data.astronaut()
+    boxes = [[60.3, 10.7, 420.2, 505.9], [-90.0, 100.0, 250.0, 600.0], [200.0, 80.0, 230.0, 120.0]]
+    fast = estimator.estimate(image, boxes)
+    monkeypatch.setattr(preprocess, "crop_image", preprocess.crop_image_exact)
+    exact = estimator.estimate(image, boxes)
+    np.testing.assert_allclose(fast.rotmats, exact.rotmats, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(fast.joints2d, exact.joints2d, atol=0.5, rtol=0)
+    np.testing.assert_allclose(fast.cam_t, exact.cam_t, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(fast.betas, exact.betas, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(fast.depth, exact.depth, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(fast.part_logits, exact.part_logits, atol=1e-4, rtol=0)

@@ -135,3 +135,116 @@ def test_huge_box_costs_no_more_than_the_image():
     np.testing.assert_allclose(
         preprocess.crop_image(image, *small), _reference_crop(image, *small), atol=1e-3
     )
+
+
+def _grace_hopper() -> np.ndarray:
+    from matplotlib import cbook
+    from matplotlib.image import imread
+
+    with cbook.get_sample_data("grace_hopper.jpg") as fh:
+        return np.ascontiguousarray(imread(fh, format="jpg")[:, :, :3])
+
+
+# (x0, y0, x1, y1) as fractions of the image side: inside, partly outside on every side,
+# a corner, tiny (upsampled ~100x), and boxes several times the image (mostly zero fill).
+_FAST_BOXES = [
+    (0.2, 0.1, 0.6, 0.9), (0.0, 0.0, 1.0, 1.0), (-0.3, 0.2, 0.4, 0.8), (0.7, -0.2, 1.3, 0.5),
+    (0.5, 0.6, 0.9, 1.4), (-0.2, -0.2, 0.3, 0.3), (0.8, 0.8, 1.6, 1.7), (0.45, 0.5, 0.455, 0.504),
+    (0.3, 0.3, 0.31, 0.33), (-1.5, -1.0, 2.5, 2.0), (-40.0, -40.0, 60.0, 60.0),
+]
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "grace_hopper"])
+@pytest.mark.parametrize("box", _FAST_BOXES)
+def test_fast_crop_matches_exact_path_on_real_photos(photo, box):
+    """The network input of the fast path stays within 1e-3 (0-255) of the exact resize."""
+    image = skimage_data.astronaut() if photo == "astronaut" else _grace_hopper()
+    h, w = image.shape[:2]
+    px = np.array(box) * [w, h, w, h] + [0.37, 0.61, 0.37, 0.61]  # off the integer grid
+    centre, scale = preprocess.box_to_center_scale(px)
+    fast = preprocess.crop_image(image, centre, scale)
+    exact = preprocess.crop_image_exact(image, centre, scale)
+    assert fast.dtype == np.float32 and fast.shape == (224, 224, 3)
+    np.testing.assert_allclose(fast, exact, atol=1e-3, rtol=0)
+    assert exact.max() > 0  # every box reaches some of the photo
+
+
+def test_fast_crop_matches_exact_path_at_many_scales():
+    """Boxes from 2 px to 8x the photo, centres inside and outside: one draw of 300."""
+    image = skimage_data.astronaut()
+    rng = np.random.default_rng(5)
+    worst = 0.0
+    for _ in range(300):
+        cx, cy = rng.uniform(-100, 612, size=2)
+        side = float(np.exp(rng.uniform(np.log(2.0), np.log(4000.0))))
+        aspect = rng.uniform(0.3, 3.0)
+        box = (cx - side / 2, cy - side * aspect / 2, cx + side / 2, cy + side * aspect / 2)
+        centre, scale = preprocess.box_to_center_scale(box)
+        diff = np.abs(preprocess.crop_image(image, centre, scale)
+                      - preprocess.crop_image_exact(image, centre, scale)).max()
+        worst = max(worst, float(diff))
+    assert worst <= 1e-3
+
+
+def test_fast_crop_equals_skimage_on_the_network_input_scale():
+    """Normalised as the network sees it, fast and skimage crops differ by < 1e-3 / 255 / std."""
+    image = _grace_hopper()
+    centre, scale = preprocess.box_to_center_scale((120.3, 40.2, 420.8, 560.1))
+    ours = preprocess.normalize_crops(preprocess.crop_image(image, centre, scale))
+    reference = preprocess.normalize_crops(_reference_crop(image, centre, scale))
+    assert np.abs(ours - reference).max() <= 1e-3 / 255 / min(IMAGENET_STD)
+
+
+def test_normalize_crops_equals_the_plain_formula():
+    crops = np.random.default_rng(4).uniform(0, 255, (3, 224, 224, 3)).astype(np.float32)
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)
+    expected = ((crops / np.float32(255.0) - mean) / std).transpose(0, 3, 1, 2)
+    out = preprocess.normalize_crops(crops)
+    assert out.flags.c_contiguous
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_fast_crop_takes_views_and_other_dtypes():
+    """A channel-flipped view (BGR -> RGB without a copy) and a float image crop as the exact
+    path does; the input is left untouched."""
+    bgr = np.ascontiguousarray(skimage_data.astronaut()[:, :, ::-1])
+    view = bgr[:, :, ::-1]
+    before = bgr.copy()
+    centre, scale = preprocess.box_to_center_scale((-30.5, 60.2, 300.1, 500.9))
+    np.testing.assert_allclose(preprocess.crop_image(view, centre, scale),
+                               preprocess.crop_image_exact(view, centre, scale), atol=1e-3)
+    np.testing.assert_array_equal(bgr, before)
+    as_float = view.astype(np.float64)
+    np.testing.assert_allclose(preprocess.crop_image(as_float, centre, scale),
+                               preprocess.crop_image_exact(view, centre, scale), atol=1e-3)
+
+
+def test_fast_crop_survives_extreme_shapes_in_a_subprocess():
+    """OpenCV's filter on 1-pixel images, strips and panoramas, boxes far larger than the image
+    along one axis: no native crash, and the exact path's numbers."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import numpy as np
+from dpose_core import preprocess
+rng = np.random.default_rng(0)
+cases = [((1, 1), (0, 0, 1, 1)), ((1, 1), (-50, -50, 50, 50)), ((2, 2000), (0, 0, 2000, 2)),
+         ((2000, 2), (0, 0, 2, 2000)), ((300, 3000), (0, 0, 3000, 300)),
+         ((300, 3000), (-10, 100, 3010, 101)), ((64, 128), (60, 30, 61, 31)),
+         ((96, 96), (-400, 40, 500, 41))]
+worst = 0.0
+for (h, w), box in cases:
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    centre, scale = preprocess.box_to_center_scale(box)
+    fast = preprocess.crop_image(image, centre, scale)
+    exact = preprocess.crop_image_exact(image, centre, scale)
+    worst = max(worst, float(np.abs(fast - exact).max()))
+print(worst)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip()) <= 1e-3
