@@ -23,6 +23,7 @@ from .errors import DPoseError, NoPersonError
 from .frames import FrameSource, open_frames
 from .localise import Detection, PersonFinder, crop_evidence, make_finder
 from .motion import FLAG_INTERPOLATED, FLAG_LOW_CONFIDENCE, Motion
+from .prefetch import prefetch
 from .skeleton import NUM_BETAS, NUM_PREDICTED_JOINTS
 from .smoothing import fill_gaps, robust_mean_betas, smooth_rotations, smooth_translation
 from .tracking import Tracker
@@ -303,7 +304,7 @@ def estimate_sequence(
     result = SequenceResult()
     result.fps = frames.fps
     total = len(frames)
-    for step, record in enumerate(frames):
+    for step, record in enumerate(prefetch(frames)):  # decode the next during the network
         if cancel is not None and cancel.is_set():
             result.cancelled = True
             break
