@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 from mathutils import Matrix
 
 from ..dpose_core import motion_io
+from ..dpose_core.atomic_io import atomic_path
 from ..dpose_core.errors import DPoseError
 from ..dpose_core.motion import Motion
 
@@ -83,7 +83,7 @@ def export_fbx(
     options = {**_FBX_COMMON, **FBX_PRESETS[preset]}
     with _kept_scene_state(scene), _frame_range(scene, frame_range):
         _select_only(objects)
-        with _atomic(destination) as tmp:
+        with atomic_path(destination) as tmp:
             _run(bpy.ops.export_scene.fbx, filepath=str(tmp), **options)
     return destination
 
@@ -107,7 +107,7 @@ def export_gltf(
     _enable_addon("io_scene_gltf2")
     with _kept_scene_state(scene), _frame_range(scene, frame_range):
         _select_only(objects)
-        with _atomic(destination) as tmp:
+        with atomic_path(destination) as tmp:
             _run(bpy.ops.export_scene.gltf, filepath=str(tmp), export_format="GLB",
                  use_selection=True, export_animations=True, **_gltf_scene_mode(),
                  export_force_sampling=True,
@@ -148,7 +148,7 @@ def export_bvh(
         with _kept_scene_state(scene):
             proxy = _y_up_proxy(rig, scene, Matrix((to_y_up @ world).tolist()))
             _select_only([proxy])
-            with _atomic(destination) as tmp:
+            with atomic_path(destination) as tmp:
                 _run(bpy.ops.export_anim.bvh, filepath=str(tmp), frame_start=int(first),
                      frame_end=int(last), root_transform_only=False)
     finally:  # removed only once the selection no longer refers to it (4.2 crashes otherwise)
@@ -232,25 +232,6 @@ def _destination(path: str | os.PathLike, suffix: str) -> Path:
     if destination.resolve() in _scene_inputs():
         raise DPoseError(f"{destination} is an input of this scene; choose another file name.")
     return destination
-
-
-@contextlib.contextmanager
-def _atomic(destination: Path) -> Iterator[Path]:
-    """A unique temp path beside `destination`, renamed over it only if the body succeeds."""
-    fd, name = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=destination.suffix,
-                                dir=destination.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        if not tmp.is_file() or tmp.stat().st_size == 0:
-            raise DPoseError(f"The exporter wrote nothing for {destination.name}.")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, destination)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def _run(operator, **options) -> None:

@@ -30,7 +30,7 @@ from ..dpose_core.errors import DPoseError
 from ..dpose_core.motion import Motion
 from ..dpose_core.rotations import make_quaternions_continuous, matrix_to_quaternion
 from . import anim_compat, keyframes
-from .rig import RigFrame
+from .rig import rig_frame
 from .rollback import SceneSnapshot
 
 # Rigify limbs: IK/FK switch bone, FK end control, IK end control (per side).
@@ -116,7 +116,7 @@ def retarget_rig(
     scene: bpy.types.Scene | None = None,
 ) -> RetargetReport:
     """Retarget the keyed motion of a D-PoSE SMPL-X rig (rig.build_armature) onto `target`."""
-    rig = RigFrame.from_armature(source)
+    rig = rig_frame(source)
     if source.animation_data is None or source.animation_data.action is None:
         raise DPoseError(f"{source.name!r} has no action to retarget; estimate or import a "
                          "motion first.")

@@ -96,6 +96,39 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb",
     _fsync_folder(folder)
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A fresh temp file name beside `path` (same suffix) for writers that take a file name
+    (Blender's exporters); after the body it is fsynced and renamed over `path`.
+
+    OutputError when the writer left nothing (or an empty file) or the rename fails; the temp
+    file is removed on any failure and an existing `path` is not touched.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.",
+                                        suffix=f"{TEMP_SUFFIX}{path.suffix}")
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"Cannot write {path}: {exc.strerror or exc}.") from exc
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if not tmp.is_file() or tmp.stat().st_size == 0:
+            raise OutputError(f"Nothing was written for {path.name}; the old file, if any, "
+                              "is unchanged.")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"Cannot write {path}: {exc.strerror or exc}; the old file, if any, "
+                          "is unchanged.") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_folder(folder)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` atomically (OutputError on failure)."""
     with atomic_write(path, "wb") as fh:

@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from .atomic_io import write_text
 from .errors import DPoseError
 from .skeleton import JOINT_NAMES
 
@@ -194,17 +194,7 @@ def save_bone_map(path: str | os.PathLike, bone_map: dict[str, str]) -> Path:
     path = Path(path)
     text = json.dumps({"format": FORMAT, "version": FORMAT_VERSION,
                        "bones": dict(bone_map)}, indent=2, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, text + "\n")
 
 
 def load_bone_map(path: str | os.PathLike) -> dict[str, str]:

@@ -14,12 +14,12 @@ uint8 image and finite, bounded integer coordinates.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .atomic_io import write_bytes
 from .constants import CROP_SIZE, NUM_PART_CLASSES
 from .errors import DPoseError, FrameError
 from .part_labels import BACKGROUND_CLASS, CLASS_NAMES
@@ -276,21 +276,4 @@ def write_png(path: str | os.PathLike, image_rgb: np.ndarray) -> Path:
     ok, encoded = cv2.imencode(".png", image[:, :, ::-1].copy())
     if not ok:
         raise DPoseError(f"Could not encode the overlay for {path}.")
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".part")
-    except OSError as exc:
-        raise DPoseError(f"Cannot write {path}: {exc.strerror or exc}.") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(encoded.tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise DPoseError(f"Cannot write {path}: {exc.strerror or exc}.") from exc
-    return path
+    return write_bytes(path, encoded.tobytes())
