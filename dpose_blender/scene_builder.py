@@ -303,5 +303,8 @@ def footage_from_video(result, first_source_frame: int) -> Footage:
 
 def relief_keeper(estimate, row: int) -> DepthReliefFrame:
     """What a video run keeps per person-frame for the relief (``keep_maps=relief_keeper``):
-    the subsampled depth and mask, a few kilobytes instead of the full maps."""
-    return relief_frame_from_estimate(estimate, row)
+    the subsampled depth (float16, as the cache stores it) and mask, about 40 kB instead of
+    the full maps."""
+    frame = relief_frame_from_estimate(estimate, row)
+    frame.depth = frame.depth.astype(np.float16)
+    return frame
