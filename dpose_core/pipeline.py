@@ -176,6 +176,15 @@ class RunOptions:
         if not (np.isfinite(self.smooth) and self.smooth >= 0):
             raise DPoseError(f"--smooth must be 0 (off) or more (1 default, 2 twice as "
                              f"smooth), got {self.smooth}.")
+        if not video:
+            given = [name for name, value, default in (
+                ("--start", self.start, 0), ("--end", self.end, None),
+                ("--stride", self.stride, 1), ("--smooth", self.smooth, DEFAULT_SMOOTH))
+                if value != default]
+            if given:
+                verb = "applies" if len(given) == 1 else "apply"
+                raise DPoseError(f"{', '.join(given)} {verb} to a video or an image folder, "
+                                 "not to image files.")
         if not 0.0 <= self.low_confidence <= 1.0:
             raise DPoseError(f"low_confidence must be between 0 and 1, got "
                              f"{self.low_confidence}.")
@@ -664,16 +673,21 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
         if on_frame is not None:
             on_frame(frame)
 
-    person = "all" if options.person in ("all", "largest") else options.person
     started = time.perf_counter()
-    seq = estimate_sequence(
-        frames, net, finder=finder, person=person, smooth=options.smooth, progress=progress,
+    seq = estimate_sequence(  # every track: a missing one is told apart from a failed run below
+        frames, net, finder=finder, person="all", smooth=options.smooth, progress=progress,
         cancel=cancel, on_frame=frame_done, focal_px=focal, max_gap=options.max_gap,
         min_track_frames=min_frames, low_confidence=options.low_confidence,
         frame_estimates=bool(keep_maps))
     tracks = {int(k): m for k, m in seq.items()}
     if options.person == "largest":
         tracks = _largest_track(tracks)
+    elif options.person != "all" and tracks:
+        if options.person not in tracks and not seq.cancelled:
+            raise NoPersonError(f"Track {options.person} does not exist: {len(tracks)} person "
+                                f"track(s) were found (numbered 0 to {len(tracks) - 1}); use "
+                                "--person all to see them all.")
+        tracks = {k: m for k, m in tracks.items() if k == options.person}
     result = VideoResult(
         tracks=tracks, tracker_ids=dict(seq.tracker_ids), track_lengths=dict(seq.track_lengths),
         failures=list(seq.failures), maps={}, frames_processed=seq.frames_processed,

@@ -185,3 +185,32 @@ def test_a_folder_of_unreadable_frames_says_so(tmp_path, checkpoint_path, onnx_c
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "None of the 3 frames of" in errors[0]
     assert len([ln for ln in out.splitlines() if ln.startswith("warning: skipped:")]) == 3
+
+
+def test_farm_npz_agrees_with_the_cli_json(tmp_path, checkpoint_path, onnx_cache_dir,
+                                           monkeypatch):
+    """One photo (scikit-image's astronaut), the same options, people found automatically:
+    the farm script's motion file and `dpose estimate`'s JSON hold the same numbers."""
+    skimage_data = pytest.importorskip("skimage.data")
+    import cv2
+
+    from dpose_core.cli import main as cli_main
+
+    photo = tmp_path / "astronaut.png"
+    cv2.imwrite(str(photo), skimage_data.astronaut()[:, :, ::-1])
+    monkeypatch.setenv("DPOSE_CACHE", str(onnx_cache_dir))
+    monkeypatch.delenv("DPOSE_CHECKPOINT", raising=False)
+    out_json = tmp_path / "cli.json"
+    assert cli_main(["estimate", str(photo), "--checkpoint", str(checkpoint_path), "--device",
+                     "cpu", "--person", "largest", "-o", str(out_json)]) == 0
+    doc = json.loads(out_json.read_text())
+    code, out = _run(["--input", photo, "--output", tmp_path / "farm.blend", "--checkpoint",
+                      checkpoint_path, "--device", "cpu", "--cache-dir", onnx_cache_dir,
+                      "--person", "largest", "--npz", tmp_path / "farm.npz"], tmp_path)
+    assert code == 0, out
+    with np.load(tmp_path / "farm.npz") as npz:
+        poses, trans = npz["poses"], npz["trans"]
+        focal = npz["dpose_focal_px"]
+    np.testing.assert_allclose(poses[0, :66], np.ravel(doc["pose_axis_angle"][0]), atol=1e-5)
+    np.testing.assert_allclose(trans[0], doc["cam_t"][0], atol=1e-5)
+    np.testing.assert_allclose(focal[0], doc["focal_px"][0], atol=1e-9)

@@ -107,8 +107,10 @@ def folder(tmp_path):
     ({"stride": 0}, "--stride"),
     ({"start": -2}, "--start"),
     ({"start": 4, "end": 4}, "--end (4) must be a frame number after --start (4)"),
+    ({"start": 4}, "--start applies to a video or an image folder, not to image files"),
     ({"device": "tpu"}, "--device must be one of"),
     ({"inputs": []}, "No input given"),
+    ({"stride": 2, "smooth": 0.0}, "--stride, --smooth apply to a video or an image folder"),
 ])
 def test_bad_options_are_refused_with_one_line(photos, change, message):
     options = RunOptions(**{"inputs": photos, **change})
@@ -351,6 +353,19 @@ def test_a_folder_of_unreadable_images_says_so(tmp_path):
         estimate_video(RunOptions(inputs=[clip], bbox=(0, 0, 5, 5)), estimator=BoxNetwork(),
                        warn=notes.append)
     assert len(notes) == 3 and all(n.startswith("skipped: ") for n in notes)
+    with pytest.raises(FrameError, match="None of the 3 frames"):  # not "no track 1"
+        estimate_video(RunOptions(inputs=[clip], bbox=(0, 0, 5, 5), person=1),
+                       estimator=BoxNetwork())
+
+
+def test_a_track_number_that_does_not_exist(folder):
+    with pytest.raises(NoPersonError, match=r"Track 4 does not exist: 1 person track\(s\) were "
+                                            r"found \(numbered 0 to 0\)"):
+        estimate_video(RunOptions(inputs=[folder], bbox=(0, 0, 20, 20), person=4),
+                       estimator=BoxNetwork())
+    only = estimate_video(RunOptions(inputs=[folder], bbox=(0, 0, 20, 20), person=0),
+                          estimator=BoxNetwork())
+    assert list(only.tracks) == [0]
 
 
 def test_non_finite_frames_are_flagged_and_all_non_finite_is_an_error(folder):
@@ -378,3 +393,18 @@ def test_person_largest_keeps_the_biggest_track(tmp_path):
              for t, m in estimate_video(RunOptions(inputs=[clip]), estimator=net,
                                         finder=SegmentationFinder(net)).tracks.items()}
     assert track == max(areas, key=areas.get)
+
+
+def test_cancel_returns_the_frames_done_and_progress_counts_them(folder):
+    cancel = threading.Event()
+    ticks = []
+
+    def progress(done, total):
+        ticks.append((done, total))
+        if done == 2:
+            cancel.set()
+
+    result = estimate_video(RunOptions(inputs=[folder], bbox=(0, 0, 20, 20), smooth=0.0),
+                            estimator=BoxNetwork(), progress=progress, cancel=cancel)
+    assert result.cancelled and result.frames_processed == 2 and ticks == [(1, 3), (2, 3)]
+    np.testing.assert_array_equal(result.tracks[0].frame_indices, [0, 1])
