@@ -112,16 +112,22 @@ def build_scene(
     Raises DPoseError for a request that cannot be built; on any failure the scene is put
     back as it was.
     """
-    from .rollback import SceneSnapshot
+    from .rollback import KeysBackup, SceneSnapshot
 
     check_request(takes, options, footage)
     target = _target_rig(options.target_rig)
+    backup = KeysBackup(target) if target is not None else None
     snapshot = SceneSnapshot(scene)
     try:
-        return _build(scene, takes, body_model, options, footage, record, target)
+        created = _build(scene, takes, body_model, options, footage, record, target)
     except BaseException:
+        if backup is not None:
+            backup.restore()
         snapshot.restore()
         raise
+    if backup is not None:
+        backup.discard()
+    return created
 
 
 def _target_rig(name: str | None):

@@ -129,3 +129,37 @@ def test_a_failure_midway_leaves_the_scene_as_it_was(model, folder, monkeypatch,
     assert not (bpy.data.objects or bpy.data.collections or bpy.data.armatures
                 or bpy.data.actions or bpy.data.cameras)
     assert (scene.frame_start, scene.frame_end, scene.camera) == (2, 30, None)
+
+
+def test_a_failure_while_keying_the_selected_rig_puts_its_keys_back(model, monkeypatch):
+    import bpy
+
+    scene = bpy.context.scene
+    (rig,) = scene_builder.build_scene(scene, [_take("D-PoSE Person 0", [0, 1], 0)], model,
+                                       scene_builder.SceneOptions(add_camera=False))
+    action_name = rig.animation_data.action.name
+    before = keyframes.read_motion_keys(rig)
+    props = {k: rig[k] for k in (keyframes.PROP_KEYED_RANGES, keyframes.PROP_FRAME_OFFSET)}
+    props = {k: list(v) if hasattr(v, "to_list") else v for k, v in props.items()}
+    n_actions = len(bpy.data.actions)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("markers refused")
+
+    monkeypatch.setattr(keyframes, "_mark_runs", refuse)  # after every key is written
+    with pytest.raises(RuntimeError, match="markers refused"):
+        scene_builder.build_scene(scene, [_take("x", [0, 1, 2], 5)], model,
+                                  scene_builder.SceneOptions(start_frame=2, add_camera=False,
+                                                             target_rig=rig.name))
+    assert rig.animation_data.action.name == action_name and len(bpy.data.actions) == n_actions
+    after = keyframes.read_motion_keys(rig)
+    assert after.frame_indices.tolist() == before.frame_indices.tolist() == [0, 1]
+    np.testing.assert_allclose(after.transl, before.transl, atol=1e-7)
+    assert list(rig[keyframes.PROP_KEYED_RANGES]) == props[keyframes.PROP_KEYED_RANGES]
+
+    monkeypatch.undo()  # the same call now succeeds and replaces frames 2..4, keeps frame 1
+    scene_builder.build_scene(scene, [_take("x", [0, 1, 2], 5)], model,
+                              scene_builder.SceneOptions(start_frame=2, add_camera=False,
+                                                         target_rig=rig.name))
+    assert keyframes.read_motion_keys(rig).frame_indices.tolist() == [0, 1, 2, 3]
+    assert len(bpy.data.actions) == n_actions
