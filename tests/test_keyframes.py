@@ -1,6 +1,5 @@
 """Motion -> keyframes: bulk writing, continuity, range replacement, marks, read-back, import."""
 
-import bpy
 import numpy as np
 import pytest
 
@@ -13,6 +12,7 @@ from dpose_core.skeleton import JOINT_NAMES
 from tests.blender_support import import_blender_module, smplx_reference
 
 pytestmark = pytest.mark.blender
+bpy = pytest.importorskip("bpy")  # collected, and skipped, where bpy is missing
 
 anim_compat = import_blender_module("anim_compat")
 rig = import_blender_module("rig")

@@ -1,6 +1,5 @@
 """The SMPL-X armature: names, rest pose, frames, and exact joint positions against smplx."""
 
-import bpy
 import numpy as np
 import pytest
 
@@ -13,6 +12,7 @@ from dpose_core.skeleton import JOINT_NAMES, PARENTS
 from tests.blender_support import import_blender_module, smplx_reference
 
 pytestmark = pytest.mark.blender
+bpy = pytest.importorskip("bpy")  # collected, and skipped, where bpy is missing
 
 rig = import_blender_module("rig")
 keyframes = import_blender_module("keyframes")

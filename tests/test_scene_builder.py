@@ -12,6 +12,7 @@ from tests.blender_support import import_blender_module
 from tests.test_relief import relief_frame
 
 pytestmark = pytest.mark.blender
+pytest.importorskip("bpy")  # collected, and skipped, where bpy is missing
 
 scene_builder = import_blender_module("scene_builder")
 keyframes = import_blender_module("keyframes")

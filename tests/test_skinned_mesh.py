@@ -2,7 +2,6 @@
 
 import time
 
-import bpy
 import numpy as np
 import pytest
 
@@ -16,6 +15,7 @@ from tests.blender_support import import_blender_module, smplx_reference
 from tests.synth_body import write_synthetic_smplx_npz
 
 pytestmark = pytest.mark.blender
+bpy = pytest.importorskip("bpy")  # collected, and skipped, where bpy is missing
 
 rig = import_blender_module("rig")
 keyframes = import_blender_module("keyframes")
