@@ -25,7 +25,7 @@ from ..dpose_core.errors import MotionFileError
 from ..dpose_core.motion import FLAG_INTERPOLATED, FLAG_LOW_CONFIDENCE, Motion
 from ..dpose_core.rig_frames import RigFrame
 from ..dpose_core.rotations import make_quaternions_continuous
-from ..dpose_core.skeleton import JOINT_NAMES, NUM_JOINTS
+from ..dpose_core.skeleton import JOINT_NAMES, NUM_JOINTS, NUM_PREDICTED_JOINTS
 from . import anim_compat
 from .rig import ROOT_BONE, rig_frame
 
@@ -167,8 +167,9 @@ def key_pose(
     coordinate_frame: the frame of rotation 0 and transl (default: the rig's own).
     """
     rot = np.asarray(rotmats, dtype=np.float64)
-    if rot.shape not in ((NUM_JOINTS, 3, 3), (22, 3, 3)):
-        raise ValueError(f"rotmats must be (55,3,3) or (22,3,3), got {rot.shape}")
+    if rot.shape not in ((NUM_JOINTS, 3, 3), (NUM_PREDICTED_JOINTS, 3, 3)):
+        raise ValueError(f"rotmats must be ({NUM_JOINTS},3,3) or ({NUM_PREDICTED_JOINTS},3,3), "
+                         f"got {rot.shape}")
     full = np.broadcast_to(np.eye(3), (1, NUM_JOINTS, 3, 3)).copy()
     full[0, : rot.shape[0]] = rot
     if frame is None:

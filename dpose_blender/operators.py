@@ -23,6 +23,9 @@ from bpy.props import (
 )
 from bpy_extras.io_utils import ImportHelper
 
+from ..dpose_core.frames import DEFAULT_FOLDER_FPS
+from ..dpose_core.pipeline import DEFAULT_SMOOTH, FOV_RANGE_DEG
+from ..dpose_core.relief import DEFAULT_DEPTH_SCALE
 from . import jobs
 
 TIMER_INTERVAL_S = 0.05
@@ -49,14 +52,16 @@ class DPOSE_PG_settings(bpy.types.PropertyGroup):
     people: EnumProperty(name="People", items=PEOPLE_ITEMS, default="ALL")
     person_index: IntProperty(name="Person", min=0, default=0)
     focal_mode: EnumProperty(name="Focal Length", items=FOCAL_ITEMS, default="DIAGONAL")
-    fov_deg: FloatProperty(name="Field of View", min=1.0, max=179.0, default=55.0,
+    fov_deg: FloatProperty(name="Field of View", min=FOV_RANGE_DEG[0], max=FOV_RANGE_DEG[1],
+                           default=55.0,
                            subtype="NONE", description="Degrees across the longer image side")
     add_mesh: BoolProperty(name="Mesh", default=False,
                            description="Add the skinned SMPL-X mesh to each rig (also for "
                                        "Import Motion)")
     add_depth_plane: BoolProperty(name="Depth Plane", default=False,
                                   description="Add the predicted depth map as a textured relief")
-    depth_scale: FloatProperty(name="Depth Scale", default=0.5, soft_min=-2.0, soft_max=2.0,
+    depth_scale: FloatProperty(name="Depth Scale", default=DEFAULT_DEPTH_SCALE, soft_min=-2.0,
+                               soft_max=2.0,
                                unit="LENGTH", description="Metres per unit of relative depth")
     key_selected: BoolProperty(
         name="Key Selected Rig", default=False,
@@ -79,9 +84,9 @@ class DPOSE_PG_settings(bpy.types.PropertyGroup):
                     "the timeline); running again with the same value replaces the same "
                     "frames, and Import Motion puts a file's frame 0 here")
     fps: FloatProperty(name="Frame Rate", min=0.0, default=0.0,
-                       description="Frames per second of the footage; 0: the video's own "
-                                   "rate, 30 for a folder of images")
-    smooth: FloatProperty(name="Smoothing", min=0.0, soft_max=3.0, default=1.0,
+                       description=f"Frames per second of the footage; 0: the video's own "
+                                   f"rate, {DEFAULT_FOLDER_FPS:g} for a folder of images")
+    smooth: FloatProperty(name="Smoothing", min=0.0, soft_max=3.0, default=DEFAULT_SMOOTH,
                           description="0: off, 1: the default, 2: twice as smooth")
     # Read by the panel while a job runs (written on the main thread only).
     job_label: StringProperty(default="")

@@ -47,6 +47,7 @@ class Outcome:
 
     result: object  # pipeline.ImagesResult or pipeline.VideoResult
     estimator: object
+    checkpoint_sha256: str  # hashed in the worker: seconds for the real checkpoint
 
     @property
     def skipped(self) -> int:
@@ -210,6 +211,7 @@ def background_image_path(scene) -> str | None:
 def run_image(request: PanelRequest, ctx) -> Outcome:
     """Worker: find the people of the image and estimate them (the finder's own pass)."""
     from ..dpose_core import pipeline
+    from ..dpose_core.checkpoint import checkpoint_hash
 
     ctx.progress(0, 1, "loading the network")
     estimator = load_estimator(request.run)
@@ -217,12 +219,13 @@ def run_image(request: PanelRequest, ctx) -> Outcome:
     result = pipeline.estimate_images(
         request.run, estimator=estimator, progress=lambda done, total: ctx.progress(done, total),
         cancel=ctx.cancel_event, warn=ctx.warn)
-    return Outcome(result, estimator)
+    return Outcome(result, estimator, checkpoint_hash(estimator.checkpoint_path))
 
 
 def run_video(request: PanelRequest, ctx) -> Outcome:
     """Worker: every frame of the footage; a cancelled run returns the frames done."""
     from ..dpose_core import pipeline
+    from ..dpose_core.checkpoint import checkpoint_hash
 
     ctx.progress(0, 0, "loading the network")
     estimator = load_estimator(request.run)
@@ -232,7 +235,7 @@ def run_video(request: PanelRequest, ctx) -> Outcome:
         progress=lambda done, total: ctx.progress(done, total, ""),
         cancel=ctx.cancel_event, warn=ctx.warn,
         keep_maps=scene_builder.relief_keeper if request.scene.add_depth_plane else False)
-    return Outcome(result, estimator)
+    return Outcome(result, estimator, checkpoint_hash(estimator.checkpoint_path))
 
 
 def panel_message(exc: BaseException) -> str:
@@ -246,7 +249,6 @@ def panel_message(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- main thread
 def build(scene, request: PanelRequest, outcome: Outcome) -> list:
     """The outcome in the scene through the one scene builder; returns the objects made."""
-    from ..dpose_core.checkpoint import checkpoint_hash
     from . import provenance
 
     result, estimator = outcome.result, outcome.estimator
@@ -261,7 +263,7 @@ def build(scene, request: PanelRequest, outcome: Outcome) -> list:
         footage = scene_builder.footage_from_video(result, request.run.start)
     record = provenance.build_record(
         checkpoint_path=estimator.checkpoint_path,
-        checkpoint_sha256=checkpoint_hash(estimator.checkpoint_path),
+        checkpoint_sha256=outcome.checkpoint_sha256,
         settings={**request.provenance_settings(), **_run_facts(result)},
         inputs=[footage.path], backend=estimator.backend, device=estimator.device,
         kind="image" if request.kind == "image" else "sequence",

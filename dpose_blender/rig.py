@@ -13,7 +13,7 @@ from ..dpose_core.body_model import BodyModel
 from ..dpose_core.errors import DPoseError
 from ..dpose_core.motion import FRAME_OPENCV_CAMERA
 from ..dpose_core.rig_frames import BoneLayout, RigFrame, bone_layout, frame_rotations, padded_betas
-from ..dpose_core.skeleton import JOINT_NAMES, NUM_JOINTS
+from ..dpose_core.skeleton import JOINT_NAMES, NUM_JOINTS, NUM_PREDICTED_JOINTS
 
 ROOT_BONE = JOINT_NAMES[0]
 RIG_VERSION = 1
@@ -23,10 +23,11 @@ PROP_REST_JOINTS = "dpose_rest_joints"
 PROP_BETAS = "dpose_betas"
 PROP_WORLD_FRAME = "dpose_world_frame"
 
+_FIRST_HAND_JOINT = JOINT_NAMES.index("left_index1")
 _BONE_COLLECTIONS = {
-    "Body": JOINT_NAMES[:22],
-    "Face": JOINT_NAMES[22:25],
-    "Hands": JOINT_NAMES[25:],
+    "Body": JOINT_NAMES[:NUM_PREDICTED_JOINTS],  # the joints the network predicts
+    "Face": JOINT_NAMES[NUM_PREDICTED_JOINTS:_FIRST_HAND_JOINT],
+    "Hands": JOINT_NAMES[_FIRST_HAND_JOINT:],
 }
 
 

@@ -48,3 +48,47 @@ class SceneSnapshot:
         markers = self.scene.timeline_markers
         for marker in [m for m in markers if m.as_pointer() not in self._markers]:
             markers.remove(marker)
+
+
+class KeysBackup:
+    """An existing object's action and custom properties, put back if keying it fails.
+
+    SceneSnapshot removes what is new; keys written onto an existing rig (Key Selected Rig)
+    change what was there. Make the backup before the snapshot, so its copy of the action
+    counts as existing, and ``discard()`` it after success.
+    """
+
+    def __init__(self, obj) -> None:
+        self.obj = obj
+        anim = obj.animation_data
+        self.action = anim.action if anim is not None else None
+        self.copy = self.action.copy() if self.action is not None else None
+        self.props = {key: _plain(obj[key]) for key in obj.keys()}
+
+    def restore(self) -> None:
+        """The action and custom properties as they were at the backup."""
+        if self.copy is not None:
+            changed, name = self.obj.animation_data.action, self.action.name
+            self.obj.animation_data.action = self.copy
+            if changed is not None and changed != self.copy:
+                bpy.data.actions.remove(changed)
+            self.copy.name = name
+            self.copy = None
+        for key in [k for k in self.obj.keys() if k not in self.props]:
+            del self.obj[key]
+        for key, value in self.props.items():
+            self.obj[key] = value
+
+    def discard(self) -> None:
+        if self.copy is not None:
+            bpy.data.actions.remove(self.copy)
+            self.copy = None
+
+
+def _plain(value):
+    """An ID property's value as plain Python (arrays and groups become lists and dicts)."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "to_list"):
+        return value.to_list()
+    return value

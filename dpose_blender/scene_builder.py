@@ -112,16 +112,22 @@ def build_scene(
     Raises DPoseError for a request that cannot be built; on any failure the scene is put
     back as it was.
     """
-    from .rollback import SceneSnapshot
+    from .rollback import KeysBackup, SceneSnapshot
 
     check_request(takes, options, footage)
     target = _target_rig(options.target_rig)
+    backup = KeysBackup(target) if target is not None else None
     snapshot = SceneSnapshot(scene)
     try:
-        return _build(scene, takes, body_model, options, footage, record, target)
+        created = _build(scene, takes, body_model, options, footage, record, target)
     except BaseException:
+        if backup is not None:
+            backup.restore()
         snapshot.restore()
         raise
+    if backup is not None:
+        backup.discard()
+    return created
 
 
 def _target_rig(name: str | None):
@@ -303,5 +309,8 @@ def footage_from_video(result, first_source_frame: int) -> Footage:
 
 def relief_keeper(estimate, row: int) -> DepthReliefFrame:
     """What a video run keeps per person-frame for the relief (``keep_maps=relief_keeper``):
-    the subsampled depth and mask, a few kilobytes instead of the full maps."""
-    return relief_frame_from_estimate(estimate, row)
+    the subsampled depth (float16, as the cache stores it) and mask, about 40 kB instead of
+    the full maps."""
+    frame = relief_frame_from_estimate(estimate, row)
+    frame.depth = frame.depth.astype(np.float16)
+    return frame

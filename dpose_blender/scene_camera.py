@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..dpose_core.camera import BlenderCameraSettings, blender_camera_settings
-from ..dpose_core.frames import IMAGE_EXTENSIONS
+from ..dpose_core.frames import VIDEO_EXTENSIONS
 
 
 def camera_rotation_matrix() -> np.ndarray:
@@ -60,7 +60,7 @@ def load_footage(path: str | Path, *, sequence_length: int = 0):
 
     path = str(Path(path).resolve())
     image = bpy.data.images.load(path, check_existing=True)
-    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:  # what frames.py reads as a video
+    if Path(path).suffix.lower() in VIDEO_EXTENSIONS:
         image.source = "MOVIE"
     elif sequence_length > 1:
         image.source = "SEQUENCE"

@@ -13,6 +13,7 @@ from tests.blender_support import import_blender_module, smplx_reference
 
 bpy = pytest.importorskip("bpy")  # collected (and skipped) without Blender
 pytestmark = pytest.mark.blender
+bpy = pytest.importorskip("bpy")  # collected, and skipped, where bpy is missing
 
 anim_compat = import_blender_module("anim_compat")
 rig = import_blender_module("rig")

@@ -13,6 +13,7 @@ from tests.blender_support import import_blender_module, smplx_reference
 
 bpy = pytest.importorskip("bpy")  # collected (and skipped) without Blender
 pytestmark = pytest.mark.blender
+bpy = pytest.importorskip("bpy")  # collected, and skipped, where bpy is missing
 
 rig = import_blender_module("rig")
 keyframes = import_blender_module("keyframes")

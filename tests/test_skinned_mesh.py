@@ -16,6 +16,7 @@ from tests.synth_body import write_synthetic_smplx_npz
 
 bpy = pytest.importorskip("bpy")  # collected (and skipped) without Blender
 pytestmark = pytest.mark.blender
+bpy = pytest.importorskip("bpy")  # collected, and skipped, where bpy is missing
 
 rig = import_blender_module("rig")
 keyframes = import_blender_module("keyframes")
