@@ -69,19 +69,9 @@ def import_motion_file(
     a file that is not a motion .npz, is damaged, or whose frames Blender cannot hold; nothing
     is built then.
     """
-    from ..dpose_core.errors import MotionFileError
-    from ..dpose_core.npz_sniff import npz_problem
     from . import provenance, scene_builder
 
     path = Path(path)
-    if not path.is_file():
-        raise MotionFileError(f"Motion file {path} does not exist.")
-    try:
-        problem = npz_problem(path)
-    except OSError as exc:
-        raise MotionFileError(f"Cannot read {path.name}: {exc.strerror or exc}.") from exc
-    if problem is not None:
-        raise MotionFileError(f"{path.name} is {problem}.")
     motion = load_motion_npz(path)
     options = scene_builder.SceneOptions(start_frame=start_frame, add_mesh=with_mesh,
                                          add_camera=False)

@@ -37,6 +37,7 @@ import numpy as np
 from .atomic_io import OutputError, write_npz
 from .errors import MotionFileError
 from .motion import FRAME_OPENCV_CAMERA, FRAME_WORLD_Z_UP, Motion
+from .npz_sniff import npz_problem
 from .rotations import axis_angle_to_matrix
 from .skeleton import NUM_BETAS, NUM_JOINTS
 
@@ -111,6 +112,12 @@ def load_motion_npz(path: str | os.PathLike) -> Motion:
     path = Path(path)
     if not path.is_file():
         raise MotionFileError(f"Motion file {path} does not exist.")
+    try:
+        problem = npz_problem(path)  # a text file or an image named .npz: say what it is
+    except OSError as exc:
+        raise MotionFileError(f"Cannot read {path.name}: {exc.strerror or exc}.") from exc
+    if problem is not None:
+        raise MotionFileError(f"{path.name} is {problem}.")
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}

@@ -259,3 +259,14 @@ def test_from_estimate_reads_the_estimate_fields():
     np.testing.assert_array_equal(m.image_size, [640, 360])
     np.testing.assert_array_equal(m.frame_indices, [4, 5, 7])
     np.testing.assert_array_equal(m.focal_px, est.focal_px)
+
+
+@pytest.mark.parametrize("head, says", [
+    (b"frame,x\n0,1\n", "walk.npz is a text file, not a motion .npz archive"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "walk.npz is a PNG image, not a motion .npz"),
+])
+def test_a_file_that_is_not_an_npz_is_named_for_what_it_is(tmp_path, head, says):
+    path = tmp_path / "walk.npz"
+    path.write_bytes(head)
+    with pytest.raises(MotionFileError, match=says):
+        load_motion_npz(path)
