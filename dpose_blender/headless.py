@@ -364,8 +364,8 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
         traceback.print_exc()
         reporter.fail(f"{type(exc).__name__}: {_first_line(exc)}")
         return EXIT_FAILED
-    skipped = len(problems) if args.merge else len(
-        getattr(result, "failures", None) or getattr(result, "skipped", []))
+    skipped = (len(result.problem_frames(interpolated=False)) if hasattr(result, "problem_frames")
+               else len(result.skipped))
     n_keys = sum(len(t.motion) for t in takes)
     out(f"D-PoSE: wrote {args.output} ({len(takes)} rig(s), {n_keys} posed frames, "
         f"{skipped} frame(s) skipped)")

@@ -238,9 +238,10 @@ def _finish_video(result, args: argparse.Namespace, bar) -> int:
         for track, path in save_tracks(result, args.output).items():
             print(f"dpose: track {track}: {len(result.tracks[track])} frames "
                   f"({result.rows_fps:g} per second) -> {path}")
-    if result.failures or result.gaps:
-        print(f"dpose: {len(problems)} of {result.frames_processed} frames skipped or "
-              "unsolved (listed above)", file=sys.stderr)  # fmt: skip
+    skipped = result.problem_frames(interpolated=False)
+    if skipped:
+        print(f"dpose: {len(skipped)} of {result.frames_processed} frames skipped or unsolved "
+              "(listed above)", file=sys.stderr)  # fmt: skip
         return EXIT_PROBLEM
     return EXIT_OK
 
@@ -264,7 +265,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if Path(args.output).suffix.lower() != ".npz":
         raise DPoseError(f"The merge writes motion files: pass -o motion.npz, got {args.output}.")
     _prepare_output(args.output)
-    bar = _Progress(None, "merge", "frame", args.progress)
+    bar = _Progress(0, "merge", "frame", args.progress)  # no per-frame work: no bar
     options = RunOptions(person=args.person, smooth=args.smooth, strict=args.strict)
     result = merge_video(args.chunks, options, frames=args.frames, allow_gaps=args.allow_gaps,
                          outputs=[args.output], warn=_warn_through(bar))

@@ -614,15 +614,18 @@ class VideoResult:
         """Rate of the rows of each motion: the source rate over the stride."""
         return self.fps / self.stride
 
-    def problem_frames(self) -> list[int]:
-        """Source frames that were skipped, left unsolved or interpolated (what --strict
-        refuses), sorted."""
+    def problem_frames(self, interpolated: bool = True) -> list[int]:
+        """Source frames that were skipped (unreadable, failed), left unsolved (a gap between
+        farm chunks) or, with `interpolated`, filled by interpolation: what --strict refuses.
+        Sorted."""
         from .motion import FLAG_INTERPOLATED
 
         frames = {int(f.index) for f in self.failures}
+        if self.chunk is not None:  # a chunk answers for its own frames, not its warm-up
+            frames = {f for f in frames if self.chunk.own_start <= f < self.chunk.own_end}
         for a, b in self.gaps:
             frames.update(range(a, b, self.stride))
-        for motion in self.tracks.values():
+        for motion in self.tracks.values() if interpolated else ():
             if motion.flags is not None and motion.frame_indices is not None:
                 hit = (np.asarray(motion.flags) & FLAG_INTERPOLATED) != 0
                 frames.update(int(f) for f in np.asarray(motion.frame_indices)[hit])
