@@ -113,6 +113,7 @@ def _blend_poses(*paths: Path) -> list[np.ndarray]:
     return [np.array(p) for p in json.loads(line[len("POSES"):])]
 
 
+@pytest.mark.timeout(2400)  # 630 network passes: about 2 minutes on an idle 2-core machine
 def test_openjd_job_equals_a_single_run(tmp_path, checkpoint_path, env):
     clip = _clip(tmp_path / "shot.avi", 300)
     out = tmp_path / "out"
