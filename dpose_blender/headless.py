@@ -178,15 +178,15 @@ def validate_args(args: argparse.Namespace):
                                    if getattr(args, n)]
     args.checkpoint = args.checkpoint or _checkpoint_from_preferences()
     options = run_options(args)
+    options.outputs = outputs  # checked: never an input, never given twice
     try:
-        if args.merge:
+        if args.merge:  # merge_video checks the outputs against the chunks
             from ..dpose_core.cli import _parse_frames
 
             args.frames = _parse_frames(args.frames) if args.frames else None
-            options.outputs = outputs
             return options
         if args.chunk_output:
-            options.outputs, options.chunk_overlap = outputs, args.chunk_overlap
+            options.chunk_overlap = args.chunk_overlap
         return options.validate()
     except (DPoseError, argparse.ArgumentTypeError) as exc:
         raise UsageError(_first_line(exc)) from exc

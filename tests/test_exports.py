@@ -7,7 +7,6 @@ BVH also in the file itself, the rest head is above the rest pelvis along +Y (a 
 
 import os
 
-import bpy
 import numpy as np
 import pytest
 
@@ -20,6 +19,7 @@ from dpose_core.skeleton import JOINT_NAMES
 from tests.blender_support import import_blender_module
 
 pytestmark = pytest.mark.blender
+bpy = pytest.importorskip("bpy")  # collected, and skipped, where bpy is missing
 
 rig = import_blender_module("rig")
 keyframes = import_blender_module("keyframes")

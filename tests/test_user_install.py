@@ -70,7 +70,8 @@ def test_dpose_estimate_image_and_video_in_a_user_install(user_env, checkpoint_p
 
 
 def test_missing_checkpoint_tells_the_user_what_to_do(user_env, tmp_path):
-    run = _run(user_env, "dpose", "estimate", "nothing.png", "--checkpoint",
+    (tmp_path / "photo.png").write_bytes(b"")  # the input exists; the checkpoint does not
+    run = _run(user_env, "dpose", "estimate", "photo.png", "--checkpoint",
                str(tmp_path / "absent.ckpt"), "-o", "out.json", cwd=tmp_path)
     assert run.returncode != 0
     assert "DPOSE_CHECKPOINT" in run.stderr + run.stdout
