@@ -205,7 +205,6 @@ def validate_args(args: argparse.Namespace):
             if getattr(args, name):
                 setattr(args, name, str(_check_writable(getattr(args, name), f"the {name} file")))
         outputs = [args.output] + [getattr(args, n) for n in EXPORT_FLAGS if getattr(args, n)]
-        check_export_args(args, outputs)
     args.checkpoint = args.checkpoint or _checkpoint_from_preferences()
     options = run_options(args)
     try:
@@ -215,23 +214,27 @@ def validate_args(args: argparse.Namespace):
             args.frames = _parse_frames(args.frames) if args.frames else None
             options.outputs = outputs
             return options
+        options.outputs = outputs  # never an input, never given twice
         if args.chunk_output:
-            options.outputs, options.chunk_overlap = outputs, args.chunk_overlap
+            options.chunk_overlap = args.chunk_overlap
         return options.validate()
     except (DPoseError, argparse.ArgumentTypeError) as exc:
         raise UsageError(_first_line(exc)) from exc
 
 
-def check_export_args(args: argparse.Namespace, outputs: list[str]) -> None:
+def check_export_args(args: argparse.Namespace) -> None:
     """Refuse, before any work, what would make the exports or the retargeting fail: a file
     named for another format, an output over the opened .blend, no such armature in the opened
     .blend, one that is not humanoid (or scaled) under its bone map, a bad map file, or BVH with
-    root motion on the object."""
+    root motion on the object. (After validate_args: outputs aimed at inputs are its errors.)"""
     import bpy
 
     from ..dpose_core import bone_maps
     from ..dpose_core.errors import DPoseError
 
+    if args.chunk_output:
+        return  # validate_args refuses exports and retargeting with --chunk-output
+    outputs = [args.output] + [getattr(args, n) for n in EXPORT_FLAGS if getattr(args, n)]
     for name, suffix in EXPORT_FLAGS.items():
         path = getattr(args, name, None)
         if path and Path(path).suffix.lower() != suffix:
@@ -525,6 +528,7 @@ def main(argv: list[str] | None = None, *, out=print) -> int:
         return EXIT_BAD_INPUT if exc.code else EXIT_OK
     try:
         options = validate_args(args)
+        check_export_args(args)
     except UsageError as exc:
         out(f"error: {exc}")
         return EXIT_BAD_INPUT

@@ -181,7 +181,7 @@ class DPOSE_OT_retarget_to_selected(bpy.types.Operator):
                 retarget.store_bone_map(target, edited)  # checked by the retarget already
         except DPoseError as exc:
             return _fail(self, context, _message(exc))
-        if s.map_target != target.name:  # show the map that was used, ready to edit
+        if not s.map_target:  # show the map that was used, ready to edit (never over edits)
             fill_bone_map(s, target, report.bone_map, report.preset or "stored")
         set_report(context.scene, f"Retargeted {report.message}")
         self.report({"INFO"}, f"D-PoSE: retargeted {report.message}")

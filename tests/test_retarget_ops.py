@@ -74,6 +74,9 @@ def test_retarget_to_selected_bakes_a_take_with_the_rigs_foot_contacts(addon, mo
     _select(plain, loose)
     assert bpy.ops.dpose.retarget_to_selected() == {"FINISHED"}
     assert _planted_slide(loose, contacts, n) > 0.01
+    s = bpy.context.scene.dpose_retarget  # the map used is shown, ready to edit
+    assert s.map_target == "Loose" and s.map_source == "mixamo"
+    assert len(s.bone_map) == len(loose.data.bones)
     # ... with the grounding stage's contact curves on the rig, it stays within 1 cm.
     source = source_rig(model, rotmats, transl)
     _key_contacts(source, contacts)
@@ -84,8 +87,7 @@ def test_retarget_to_selected_bakes_a_take_with_the_rigs_foot_contacts(addon, mo
     assert _planted_slide(target, contacts, n) <= 0.01
     anim = target.animation_data
     assert [t.name for t in anim.nla_tracks] == ["stand"] and anim.action is None
-    s = bpy.context.scene.dpose_retarget
-    assert s.map_target == "Mixamo" and s.map_source == "mixamo"
+    assert s.map_target == "Loose"  # another rig's list is never replaced behind one's back
     assert bpy.context.scene.dpose.last_report.startswith("Retargeted stand -> Mixamo")
     np.testing.assert_array_equal(retarget.rig_contacts(source, np.arange(1, n + 1)), contacts)
 
