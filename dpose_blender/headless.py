@@ -507,6 +507,11 @@ def save_outputs(created: list, takes: list, args: argparse.Namespace, *, target
             exports.export_bvh(path, rigs[k])
     if getattr(args, "gltf", None):
         exports.export_gltf(args.gltf, shown)
+        global _EXIT_WITHOUT_TEARDOWN
+        # bpy 4.2 as a Python module crashes while it shuts down once the glTF exporter has
+        # run (a freed Python class, after the interpreter is gone): every file is written and
+        # synced by then, so the script ends the process itself (see _script_main).
+        _EXIT_WITHOUT_TEARDOWN = not bpy.app.binary_path
     bpy.ops.wm.save_as_mainfile(filepath=args.output)
 
 
@@ -560,9 +565,16 @@ def bootstrap():
     return importlib.import_module(f"{PACKAGE_ALIAS}.dpose_blender.headless")
 
 
+_EXIT_WITHOUT_TEARDOWN = False  # set by save_outputs; read by _script_main
+
+
 def _script_main() -> None:
-    code = bootstrap().main(sys.argv)
+    module = bootstrap()
+    code = module.main(sys.argv)
     sys.stdout.flush()
+    if module._EXIT_WITHOUT_TEARDOWN:
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
 
 
