@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="the .blend file to write")
     p.add_argument("--npz", help="also write the motion as an SMPL-X/AMASS .npz (one per person)")
     p.add_argument("--fbx", help="also export the rigs (and meshes) to FBX, every key kept")
-    p.add_argument("--fbx-preset", choices=("blender", "unreal", "unity"), default="blender",
+    p.add_argument("--fbx-preset", choices=("blender", "unreal", "unity"), default=None,
                    help="what the FBX is for: axes, units and bones as that application reads "
                         "them (default: blender)")
     p.add_argument("--bvh", help="also export each rig's animation to a Y-up BVH (one per "
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="bone map file {bone: SMPL-X joint} (default: the map saved "
                                "with the armature, else detected from its bone names)")
     retarget.add_argument("--root-motion", choices=("bone", "object", "in_place"),
-                          default="bone",
+                          default=None,
                           help="root motion on the root bone, on the armature object, or "
                                "none (in place); default: bone")
     p.add_argument("--checkpoint", help="paper_arxiv.ckpt (default: $DPOSE_CHECKPOINT, then the "
@@ -231,6 +231,7 @@ def check_export_args(args: argparse.Namespace) -> None:
 
     from ..dpose_core import bone_maps
     from ..dpose_core.errors import DPoseError
+    from .retarget import resolve_bone_map
 
     if args.chunk_output:
         return  # validate_args refuses exports and retargeting with --chunk-output
@@ -240,13 +241,16 @@ def check_export_args(args: argparse.Namespace) -> None:
         if path and Path(path).suffix.lower() != suffix:
             raise UsageError(f"--{name} writes {suffix}: name the file *{suffix}, not "
                              f"{Path(path).name}.")
+    if args.fbx_preset and not args.fbx:
+        raise UsageError("--fbx-preset sets up the --fbx file: give --fbx too.")
     opened = Path(bpy.data.filepath).resolve() if bpy.data.filepath else None
     if opened is not None and any(Path(o).resolve() == opened for o in outputs):
         raise UsageError(f"{opened} is the opened .blend (an input): write the output elsewhere.")
     if not args.retarget_to:
-        if args.bone_map or args.root_motion != "bone":
+        if args.bone_map or args.root_motion:
             raise UsageError("--bone-map and --root-motion need --retarget-to ARMATURE.")
         return
+    args.root_motion = args.root_motion or "bone"
     if args.root_motion == "object" and args.bvh:
         raise UsageError("BVH stores bone motion only: use --root-motion bone or in_place "
                          "with --bvh.")
@@ -258,8 +262,6 @@ def check_export_args(args: argparse.Namespace) -> None:
                          f"armatures there: {', '.join(found[:6]) or 'none'}.")
     try:
         bone_map = bone_maps.load_bone_map(args.bone_map) if args.bone_map else None
-        from .retarget import resolve_bone_map
-
         resolve_bone_map(target, bone_map)
     except DPoseError as exc:
         raise UsageError(f"--retarget-to {args.retarget_to}: {_first_line(exc)}") from exc
@@ -471,7 +473,7 @@ def retarget_take(created: list, takes: list, args: argparse.Namespace, out=prin
             "pick one with --person.")
     target = bpy.data.objects[args.retarget_to]
     report = retarget.retarget_rig(rigs[0], target, bone_map=getattr(args, "bone_map_data", None),
-                                   root_motion=args.root_motion)
+                                   root_motion=args.root_motion or "bone")
     out(f"D-PoSE: retargeted {report.message}")
     out(f"D-PoSE: {report.unmapped}")
     return target
@@ -499,7 +501,7 @@ def save_outputs(created: list, takes: list, args: argparse.Namespace, *, target
         for k, path in track_output_paths(args.npz, numbers).items():
             exports.export_npz(path, takes[k].motion)
     if args.fbx:
-        exports.export_fbx(args.fbx, shown, getattr(args, "fbx_preset", "blender"))
+        exports.export_fbx(args.fbx, shown, getattr(args, "fbx_preset", None) or "blender")
     if args.bvh and target is not None:
         exports.export_bvh(args.bvh, target)
     elif args.bvh:

@@ -134,6 +134,8 @@ def test_bad_retarget_input_is_one_error_line_and_nothing_is_written(
         (["--retarget-to", "Hero", "--bone-map", not_json], "Cannot read bone map"),
         (["--retarget-to", "Hero", "--bone-map", tmp_path / "none.json"], "does not exist"),
         (["--bone-map", good_map], "need --retarget-to"),
+        (["--root-motion", "bone"], "need --retarget-to"),
+        (["--fbx-preset", "unity"], "give --fbx too"),
         (["--retarget-to", "Hero", "--root-motion", "object", "--bvh", tmp_path / "h.bvh"],
          "BVH stores bone motion only"),
         (["--gltf", tmp_path / "h.gltf"], "name the file *.glb"),
