@@ -12,21 +12,22 @@ _registered: list = []
 
 
 def _class_modules():
-    from . import export_ops, operators, panel, preferences
+    from . import export_ops, operators, panel, preferences, retarget_ops
 
-    return (preferences, operators, export_ops, panel)
+    return (preferences, operators, export_ops, panel, retarget_ops)
 
 
 def register() -> None:
     import bpy
 
-    from . import depth_plane, operators, preferences
+    from . import depth_plane, operators, preferences, retarget_ops
 
     for module in _class_modules():
         for cls in module.classes:
             bpy.utils.register_class(cls)
             _registered.append(cls)
     operators.register_properties()
+    retarget_ops.register_properties()
     operators.register_handlers()
     operators.register_menus()
     depth_plane.register()
@@ -36,7 +37,7 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import depth_plane, jobs, operators
+    from . import depth_plane, jobs, operators, retarget_ops
 
     jobs.cancel_all()
     operators.unregister_timers()
@@ -44,6 +45,7 @@ def unregister() -> None:
     operators.unregister_menus()
     depth_plane.unregister()
     operators.unregister_properties()
+    retarget_ops.unregister_properties()
     while _registered:
         cls = _registered.pop()
         if getattr(cls, "is_registered", True):

@@ -1,93 +1,27 @@
-"""Export operators for the panel and File > Export: a D-PoSE rig's motion as .npz, FBX or BVH.
+"""Export operators for the panel and File > Export: .npz, FBX (per-engine preset), BVH, glTF.
 
-Each operator only picks the objects (the active rig; for FBX every selected rig and its mesh)
-and the file, then calls one export function. The functions here keep Blender's exporters
-behind one signature each (``export_npz(path, motion)``, ``export_fbx(path, objects)``,
-``export_bvh(path, rig)``), write through a temporary file in the destination folder that is
-renamed only when the exporter succeeded, and refuse a destination that is one of the rig's
-inputs or the open .blend.
+Each operator only picks the file and the objects (the active D-PoSE rig for .npz; for FBX,
+BVH and glTF the active armature, any character's included, with the other selected armatures
+and their meshes) and calls the one export code path, ``exports.py``, which writes atomically,
+keeps every key and leaves the scene as it was. Here we also refuse a destination that is an
+input a rig was made from (its provenance) or the open .blend.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import bpy
-from bpy.props import StringProperty
+from bpy.props import EnumProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper
 
 from ..dpose_core.errors import DPoseError
 
-
-# ----------------------------------------------------------------------------- functions
-def export_npz(path: str | os.PathLike, motion) -> Path:
-    """A Motion as an SMPL-X/AMASS .npz (dpose_core.motion_io)."""
-    from ..dpose_core.motion_io import save_motion_npz
-
-    return save_motion_npz(path, motion)  # atomic itself
-
-
-def export_fbx(path: str | os.PathLike, objects: Iterable) -> Path:
-    """Armatures (and their meshes) with the baked animation of the scene's frame range."""
-    objects = list(objects)
-    _enable_addon("io_scene_fbx")
-
-    def write(tmp: Path) -> None:
-        _select_only(objects)
-        bpy.ops.export_scene.fbx(filepath=str(tmp), use_selection=True, bake_anim=True,
-                                 bake_anim_simplify_factor=0.0, add_leaf_bones=False)
-
-    return _atomic(Path(path), write)
-
-
-def export_bvh(path: str | os.PathLike, rig) -> Path:
-    """One armature's animation over the scene's frame range."""
-    _enable_addon("io_anim_bvh")
-    scene = bpy.context.scene
-
-    def write(tmp: Path) -> None:
-        _select_only([rig])
-        bpy.ops.export_anim.bvh(filepath=str(tmp), frame_start=scene.frame_start,
-                                frame_end=scene.frame_end, root_transform_only=False)
-
-    return _atomic(Path(path), write)
-
-
-def _atomic(destination: Path, write: Callable[[Path], object]) -> Path:
-    """write(tmp) into a unique file next to destination, then rename it over destination."""
-    destination = destination.expanduser().resolve()
-    fd, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.stem}-",
-                                suffix=destination.suffix)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        if not tmp.is_file() or tmp.stat().st_size == 0:
-            raise DPoseError(f"Blender's exporter wrote nothing for {destination.name}.")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, destination)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return destination
-
-
-def _enable_addon(module: str) -> None:
-    import addon_utils
-
-    addon_utils.enable(module, default_set=False)
-
-
-def _select_only(objects: list) -> None:
-    for obj in bpy.context.view_layer.objects:
-        obj.select_set(False)
-    for obj in objects:
-        obj.select_set(True)
-    if objects:
-        bpy.context.view_layer.objects.active = objects[0]
+FBX_PRESET_ITEMS = [
+    ("blender", "Blender", "Comes back unchanged in Blender (metres, all bones)"),
+    ("unreal", "Unreal Engine", "Centimetre units as Unreal reads them, deform bones only"),
+    ("unity", "Unity", "Scale and axis change baked in, deform bones only"),
+]
 
 
 # ----------------------------------------------------------------------------- operators
@@ -117,41 +51,52 @@ def _active_rig(context):
     return obj if is_rig(obj) else None
 
 
-def _selected_rigs(context) -> list:
+def _active_armature(context):
+    obj = context.active_object
+    return obj if obj is not None and obj.type == "ARMATURE" else None
+
+
+def _selected_armatures(context, only_rigs: bool) -> list:
+    """The active armature first, then the other selected ones (D-PoSE rigs only if asked)."""
     from .rig import is_rig
 
-    rigs = [o for o in context.selected_objects if is_rig(o)]
-    active = _active_rig(context)
-    if active is not None and active not in rigs:
-        rigs.insert(0, active)
-    return rigs
+    wanted = is_rig if only_rigs else (lambda o: o is not None and o.type == "ARMATURE")
+    active = context.active_object
+    found = [active] if wanted(active) else []
+    return found + [o for o in context.selected_objects if wanted(o) and o not in found]
+
+
+def _with_meshes(armatures: list) -> list:
+    return armatures + [c for a in armatures for c in a.children if c.type == "MESH"]
 
 
 class _ExportOperator(ExportHelper):
-    """Shared: poll for a D-PoSE rig, check the destination, call ``_export``, report."""
+    """Shared: poll, check the destination, call ``_export`` (exports.py), report."""
 
     bl_options = {"REGISTER"}
+    only_rigs = False  # True: D-PoSE rigs only (the SMPL-X .npz)
 
     @classmethod
     def poll(cls, context):
-        return _active_rig(context) is not None
+        return (_active_rig(context) if cls.only_rigs else _active_armature(context)) is not None
 
     def invoke(self, context, event):
-        rig = _active_rig(context)
-        if rig is not None and not self.filepath:
-            self.filepath = bpy.path.clean_name(rig.name) + self.filename_ext
+        obj = context.active_object
+        if obj is not None and not self.filepath:
+            self.filepath = bpy.path.clean_name(obj.name) + self.filename_ext
         return ExportHelper.invoke(self, context, event)
 
     def execute(self, context):
         from .operators import set_report
 
-        rigs = _selected_rigs(context)
-        if not rigs:
-            self.report({"ERROR"}, "Select a D-PoSE rig to export.")
+        armatures = _selected_armatures(context, self.only_rigs)
+        if not armatures:
+            what = "a D-PoSE rig" if self.only_rigs else "an armature"
+            self.report({"ERROR"}, f"Select {what} to export.")
             return {"CANCELLED"}
         try:
-            destination = check_destination(self.filepath, rigs)
-            written = self._export(context, destination, rigs)
+            destination = check_destination(self.filepath, armatures)
+            written = self._export(context, destination, armatures)
         except (DPoseError, OSError, RuntimeError) as exc:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             set_report(context.scene, f"Export failed: {text}", "ERROR")
@@ -161,7 +106,7 @@ class _ExportOperator(ExportHelper):
         self.report({"INFO"}, f"D-PoSE: wrote {written}")
         return {"FINISHED"}
 
-    def _export(self, context, destination: Path, rigs: list) -> Path:
+    def _export(self, context, destination: Path, armatures: list) -> Path:
         raise NotImplementedError
 
 
@@ -172,36 +117,60 @@ class DPOSE_OT_export_npz(_ExportOperator, bpy.types.Operator):
     bl_label = "Export Motion (.npz)"
     filename_ext = ".npz"
     filter_glob: StringProperty(default="*.npz", options={"HIDDEN"})
+    only_rigs = True
 
-    def _export(self, context, destination, rigs):
+    def _export(self, context, destination, armatures):
+        from . import exports
         from .keyframes import read_motion_keys
 
-        return export_npz(destination, read_motion_keys(rigs[0], scene=context.scene))
+        return exports.export_npz(destination, read_motion_keys(armatures[0],
+                                                                scene=context.scene))
 
 
 class DPOSE_OT_export_fbx(_ExportOperator, bpy.types.Operator):
-    """Write the selected D-PoSE rigs (and their meshes) with their animation as FBX"""
+    """Write the selected armatures (and their meshes) with every key of their animation as
+    FBX, set up for Blender, Unreal Engine or Unity"""
 
     bl_idname = "dpose.export_fbx"
     bl_label = "Export Rigs (.fbx)"
     filename_ext = ".fbx"
     filter_glob: StringProperty(default="*.fbx", options={"HIDDEN"})
+    preset: EnumProperty(name="For", items=FBX_PRESET_ITEMS, default="blender",
+                         description="The application the file is for")
 
-    def _export(self, context, destination, rigs):
-        meshes = [c for rig in rigs for c in rig.children if c.type == "MESH"]
-        return export_fbx(destination, rigs + meshes)
+    def _export(self, context, destination, armatures):
+        from . import exports
+
+        return exports.export_fbx(destination, _with_meshes(armatures), self.preset,
+                                  scene=context.scene)
 
 
 class DPOSE_OT_export_bvh(_ExportOperator, bpy.types.Operator):
-    """Write the active D-PoSE rig's animation as BVH"""
+    """Write the active armature's animation as a Y-up BVH (imports the right way up)"""
 
     bl_idname = "dpose.export_bvh"
     bl_label = "Export Rig (.bvh)"
     filename_ext = ".bvh"
     filter_glob: StringProperty(default="*.bvh", options={"HIDDEN"})
 
-    def _export(self, context, destination, rigs):
-        return export_bvh(destination, rigs[0])
+    def _export(self, context, destination, armatures):
+        from . import exports
+
+        return exports.export_bvh(destination, armatures[0], scene=context.scene)
+
+
+class DPOSE_OT_export_gltf(_ExportOperator, bpy.types.Operator):
+    """Write the selected armatures (and their meshes) with their animation as binary glTF"""
+
+    bl_idname = "dpose.export_gltf"
+    bl_label = "Export Rigs (.glb)"
+    filename_ext = ".glb"
+    filter_glob: StringProperty(default="*.glb", options={"HIDDEN"})
+
+    def _export(self, context, destination, armatures):
+        from . import exports
+
+        return exports.export_gltf(destination, _with_meshes(armatures), scene=context.scene)
 
 
 def menu_export(self, context) -> None:
@@ -209,4 +178,4 @@ def menu_export(self, context) -> None:
         self.layout.operator(op.bl_idname, text=f"D-PoSE {op.bl_label.split(' ', 1)[1]}")
 
 
-classes = (DPOSE_OT_export_npz, DPOSE_OT_export_fbx, DPOSE_OT_export_bvh)
+classes = (DPOSE_OT_export_npz, DPOSE_OT_export_fbx, DPOSE_OT_export_bvh, DPOSE_OT_export_gltf)

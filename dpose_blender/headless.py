@@ -2,6 +2,8 @@
 
     blender -b [scene.blend] --python <extension>/dpose_blender/headless.py -- \\
         --input PATH --output out.blend [--npz motion.npz] [--fbx out.fbx] [--bvh out.bvh] \\
+        [--gltf out.glb] [--fbx-preset blender|unreal|unity] \\
+        [--retarget-to ARMATURE [--bone-map map.json] [--root-motion bone|object|in_place]] \\
         [--checkpoint CKPT] [--device cpu|cuda|auto] [--start N] [--end N] [--stride N] \\
         [--fps F] [--person all|largest|N] [--bbox X0,Y0,X1,Y1] [--smooth S] [--fov DEG] \\
         [--mesh] [--depth-plane] [--frame-start N]
@@ -33,6 +35,8 @@ from pathlib import Path
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 PACKAGE_ALIAS = "dpose_extension"
 PROGRESS_LINES = 20  # about this many progress lines per run
+# The optional files written beside the .blend, and the suffix each must have.
+EXPORT_FLAGS = {"npz": ".npz", "fbx": ".fbx", "bvh": ".bvh", "gltf": ".glb"}
 
 
 class UsageError(Exception):
@@ -58,8 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="an image, a folder of images or a video file")
     p.add_argument("--output", help="the .blend file to write")
     p.add_argument("--npz", help="also write the motion as an SMPL-X/AMASS .npz (one per person)")
-    p.add_argument("--fbx", help="also export the rigs to FBX")
-    p.add_argument("--bvh", help="also export each rig's animation to BVH (one per person)")
+    p.add_argument("--fbx", help="also export the rigs (and meshes) to FBX, every key kept")
+    p.add_argument("--fbx-preset", choices=("blender", "unreal", "unity"), default=None,
+                   help="what the FBX is for: axes, units and bones as that application reads "
+                        "them (default: blender)")
+    p.add_argument("--bvh", help="also export each rig's animation to a Y-up BVH (one per "
+                   "person)")
+    p.add_argument("--gltf", metavar="OUT.glb",
+                   help="also export the rigs (and meshes) with their animation to binary glTF")
+    retarget = p.add_argument_group(
+        "retargeting onto a character in the opened .blend (see the README)",
+        "With --retarget-to, --fbx, --bvh and --gltf export the retargeted character instead "
+        "of the SMPL-X rigs (--npz stays SMPL-X). Run Blender on the .blend that holds the "
+        "character: blender -b scene.blend --python headless.py -- ...")
+    retarget.add_argument("--retarget-to", metavar="ARMATURE",
+                          help="bake the take onto this armature (a humanoid: Rigify, Mixamo, "
+                               "UE5, VRM names, or any with --bone-map) as a new action on an "
+                               "NLA strip; with several people, the first track")
+    retarget.add_argument("--bone-map", metavar="MAP.json",
+                          help="bone map file {bone: SMPL-X joint} (default: the map saved "
+                               "with the armature, else detected from its bone names)")
+    retarget.add_argument("--root-motion", choices=("bone", "object", "in_place"),
+                          default=None,
+                          help="root motion on the root bone, on the armature object, or "
+                               "none (in place); default: bone")
     p.add_argument("--checkpoint", help="paper_arxiv.ckpt (default: $DPOSE_CHECKPOINT, then the "
                    "add-on preferences, then ~/.local/share/dpose/paper_arxiv.ckpt)")
     p.add_argument("--body-model", help="SMPL-X model file (default: the checkpoint's own)")
@@ -163,6 +189,10 @@ def validate_args(args: argparse.Namespace):
     if args.chunk_output:
         if args.merge or args.output:
             raise UsageError("--chunk-output writes only the chunk: drop --merge and --output.")
+        extras = [f"--{n}" for n in (*EXPORT_FLAGS, "retarget_to") if getattr(args, n, None)]
+        if extras:
+            raise UsageError(f"--chunk-output writes only the chunk: {extras[0].replace('_', '-')}"
+                             " belongs to the merge that writes the .blend.")
         args.chunk_output = str(_check_writable(args.chunk_output, "the chunk file"))
         outputs = [args.chunk_output]
     else:
@@ -171,11 +201,10 @@ def validate_args(args: argparse.Namespace):
         args.output = str(_check_writable(args.output, "the output .blend"))
         if not args.output.lower().endswith(".blend"):
             raise UsageError(f"the output {args.output} must end in .blend.")
-        for name in ("npz", "fbx", "bvh"):
+        for name in EXPORT_FLAGS:
             if getattr(args, name):
                 setattr(args, name, str(_check_writable(getattr(args, name), f"the {name} file")))
-        outputs = [args.output] + [getattr(args, n) for n in ("npz", "fbx", "bvh")
-                                   if getattr(args, n)]
+        outputs = [args.output] + [getattr(args, n) for n in EXPORT_FLAGS if getattr(args, n)]
     args.checkpoint = args.checkpoint or _checkpoint_from_preferences()
     options = run_options(args)
     options.outputs = outputs  # checked: never an input, never given twice
@@ -190,6 +219,52 @@ def validate_args(args: argparse.Namespace):
         return options.validate()
     except (DPoseError, argparse.ArgumentTypeError) as exc:
         raise UsageError(_first_line(exc)) from exc
+
+
+def check_export_args(args: argparse.Namespace) -> None:
+    """Refuse, before any work, what would make the exports or the retargeting fail: a file
+    named for another format, an output over the opened .blend, no such armature in the opened
+    .blend, one that is not humanoid (or scaled) under its bone map, a bad map file, or BVH with
+    root motion on the object. (After validate_args: outputs aimed at inputs are its errors.)"""
+    import bpy
+
+    from ..dpose_core import bone_maps
+    from ..dpose_core.errors import DPoseError
+    from .retarget import resolve_bone_map
+
+    if args.chunk_output:
+        return  # validate_args refuses exports and retargeting with --chunk-output
+    outputs = [args.output] + [getattr(args, n) for n in EXPORT_FLAGS if getattr(args, n)]
+    for name, suffix in EXPORT_FLAGS.items():
+        path = getattr(args, name, None)
+        if path and Path(path).suffix.lower() != suffix:
+            raise UsageError(f"--{name} writes {suffix}: name the file *{suffix}, not "
+                             f"{Path(path).name}.")
+    if args.fbx_preset and not args.fbx:
+        raise UsageError("--fbx-preset sets up the --fbx file: give --fbx too.")
+    opened = Path(bpy.data.filepath).resolve() if bpy.data.filepath else None
+    if opened is not None and any(Path(o).resolve() == opened for o in outputs):
+        raise UsageError(f"{opened} is the opened .blend (an input): write the output elsewhere.")
+    if not args.retarget_to:
+        if args.bone_map or args.root_motion:
+            raise UsageError("--bone-map and --root-motion need --retarget-to ARMATURE.")
+        return
+    args.root_motion = args.root_motion or "bone"
+    if args.root_motion == "object" and args.bvh:
+        raise UsageError("BVH stores bone motion only: use --root-motion bone or in_place "
+                         "with --bvh.")
+    target = bpy.data.objects.get(args.retarget_to)
+    if target is None or target.type != "ARMATURE":
+        found = sorted(o.name for o in bpy.data.objects if o.type == "ARMATURE")
+        where = f"{opened.name}" if opened else "the scene (no .blend was opened)"
+        raise UsageError(f"--retarget-to: no armature named {args.retarget_to!r} in {where}; "
+                         f"armatures there: {', '.join(found[:6]) or 'none'}.")
+    try:
+        bone_map = bone_maps.load_bone_map(args.bone_map) if args.bone_map else None
+        resolve_bone_map(target, bone_map)
+    except DPoseError as exc:
+        raise UsageError(f"--retarget-to {args.retarget_to}: {_first_line(exc)}") from exc
+    args.bone_map_data = bone_map
 
 
 def _first_line(exc: BaseException) -> str:
@@ -351,7 +426,8 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
             kind="sequence" if args.merge or options.is_video else "image")
         created = scene_builder.build_scene(_scene(), takes, body_model,
                                             scene_options, footage=footage, record=record)
-        save_outputs(created, takes, args)
+        target = retarget_take(created, takes, args, out)
+        save_outputs(created, takes, args, target=target)
     except (CancelledError, KeyboardInterrupt) as exc:
         out(f"error: cancelled {exc}".rstrip())
         return EXIT_CANCELLED
@@ -382,28 +458,61 @@ def _settings(args: argparse.Namespace, options, result) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
 
 
-def save_outputs(created: list, takes: list, args: argparse.Namespace) -> None:
-    """The requested exports, each written atomically, then the .blend.
+def retarget_take(created: list, takes: list, args: argparse.Namespace, out=print):
+    """--retarget-to: bake the first rig's take onto the named armature; returns it (or None)."""
+    if not getattr(args, "retarget_to", None):
+        return None
+    import bpy
+
+    from . import retarget
+
+    rigs = [o for o in created if o.type == "ARMATURE"]
+    if len(rigs) > 1:
+        out(f"warning: {len(rigs)} people: only the first ({rigs[0].name}) is retargeted; "
+            "pick one with --person.")
+    target = bpy.data.objects[args.retarget_to]
+    report = retarget.retarget_rig(rigs[0], target, bone_map=getattr(args, "bone_map_data", None),
+                                   root_motion=args.root_motion or "bone")
+    out(f"D-PoSE: retargeted {report.message}")
+    out(f"D-PoSE: {report.unmapped}")
+    return target
+
+
+def save_outputs(created: list, takes: list, args: argparse.Namespace, *, target=None) -> None:
+    """The requested exports (exports.py, each written atomically), then the .blend.
 
     With several people the motion and BVH files are one per person, named as the CLI names
-    them (motion_track0.npz, motion_track1.npz, ...); the .blend and the FBX hold every rig.
+    them (motion_track0.npz, motion_track1.npz, ...); the .blend, FBX and glTF hold every rig.
+    With a retarget `target`, FBX, BVH and glTF hold that armature (and its meshes) instead.
     """
     import bpy
 
-    from ..dpose_core.motion_io import save_motion_npz
     from ..dpose_core.sequence import track_output_paths
-    from . import export_ops
+    from . import exports
 
     rigs = [o for o in created if o.type == "ARMATURE"]
     numbers = list(range(len(takes)))
+    if target is None:
+        shown = rigs + [o for o in created if o.type == "MESH"]
+    else:
+        shown = [target] + [c for c in target.children if c.type == "MESH"]
     if args.npz:
         for k, path in track_output_paths(args.npz, numbers).items():
-            save_motion_npz(path, takes[k].motion)
+            exports.export_npz(path, takes[k].motion)
     if args.fbx:
-        export_ops.export_fbx(args.fbx, rigs + [o for o in created if o.type == "MESH"])
-    if args.bvh:
+        exports.export_fbx(args.fbx, shown, getattr(args, "fbx_preset", None) or "blender")
+    if args.bvh and target is not None:
+        exports.export_bvh(args.bvh, target)
+    elif args.bvh:
         for k, path in track_output_paths(args.bvh, numbers).items():
-            export_ops.export_bvh(path, rigs[k])
+            exports.export_bvh(path, rigs[k])
+    if getattr(args, "gltf", None):
+        exports.export_gltf(args.gltf, shown)
+        global _EXIT_WITHOUT_TEARDOWN
+        # bpy 4.2 as a Python module crashes while it shuts down once the glTF exporter has
+        # run (a freed Python class, after the interpreter is gone): every file is written and
+        # synced by then, so the script ends the process itself (see _script_main).
+        _EXIT_WITHOUT_TEARDOWN = not bpy.app.binary_path
     bpy.ops.wm.save_as_mainfile(filepath=args.output)
 
 
@@ -425,6 +534,7 @@ def main(argv: list[str] | None = None, *, out=print) -> int:
         return EXIT_BAD_INPUT if exc.code else EXIT_OK
     try:
         options = validate_args(args)
+        check_export_args(args)
     except UsageError as exc:
         out(f"error: {exc}")
         return EXIT_BAD_INPUT
@@ -456,9 +566,16 @@ def bootstrap():
     return importlib.import_module(f"{PACKAGE_ALIAS}.dpose_blender.headless")
 
 
+_EXIT_WITHOUT_TEARDOWN = False  # set by save_outputs; read by _script_main
+
+
 def _script_main() -> None:
-    code = bootstrap().main(sys.argv)
+    module = bootstrap()
+    code = module.main(sys.argv)
     sys.stdout.flush()
+    if module._EXIT_WITHOUT_TEARDOWN:
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
 
 

@@ -132,6 +132,7 @@ class DPOSE_PT_files(bpy.types.Panel):
         col.operator("dpose.export_npz", icon="EXPORT")
         col.operator("dpose.export_fbx", icon="EXPORT")
         col.operator("dpose.export_bvh", icon="EXPORT")
+        col.operator("dpose.export_gltf", icon="EXPORT")
 
 
 classes = (DPOSE_PT_main, DPOSE_PT_image, DPOSE_PT_sequence, DPOSE_PT_files)

@@ -45,6 +45,9 @@ _RIGIFY_LIMBS = (
 _PLANE_PASSES = 3  # evaluations that turn the IK bend plane onto the FK one
 _IK_FK = "IK_FK"  # Rigify: 0 = IK, 1 = FK
 PROP_BONE_MAP = "dpose_bone_map"  # JSON {bone: joint} saved with the rig
+# Foot contacts the grounding stage keys on a D-PoSE rig, in the core's contact order.
+CONTACT_PROPS = ("dpose_contact_left_heel", "dpose_contact_left_toe",
+                 "dpose_contact_right_heel", "dpose_contact_right_toe")
 _HARMLESS_CONSTRAINTS = {"COPY_SCALE", "LIMIT_SCALE", "MAINTAIN_VOLUME"}
 
 
@@ -104,6 +107,56 @@ def stored_bone_map(armature: bpy.types.Object) -> dict | None:
     return {str(k): str(v) for k, v in data.items()}
 
 
+def resolve_bone_map(
+    target: bpy.types.Object, bone_map: dict | None = None
+) -> tuple[str | None, dict]:
+    """(preset or None, bone map) that retargeting onto `target` uses, checked up front.
+
+    bone_map None: the map stored with the rig, else the preset detected from its bone names.
+    DPoseError (one line) when `target` is no armature, is scaled in its pose, or is not
+    humanoid under the map (bones it lacks, joints mapped twice, limbs left out).
+    """
+    read_skeleton(target)
+    _refuse_scaled_pose(target)
+    preset = None
+    if bone_map is None:
+        bone_map = stored_bone_map(target)
+    if bone_map is None:
+        preset, bone_map = detect_bone_map(target)
+    bone_maps.check_bone_map(bone_map, (b.name for b in target.data.bones))
+    return preset, dict(bone_map)
+
+
+def rig_contacts(source: bpy.types.Object, frames: np.ndarray) -> np.ndarray | None:
+    """(N,4) foot contacts (left heel, left toe, right heel, right toe; 1 = planted) that the
+    grounding stage keyed on a D-PoSE rig (CONTACT_PROPS), at Blender `frames`; None if the rig
+    has none. A property that is set but not keyed holds for every frame; a missing one of
+    the four counts as no contact."""
+    frames = np.asarray(frames, np.float64)
+    if not any(name in source for name in CONTACT_PROPS):
+        return None
+    out = np.zeros((len(frames), len(CONTACT_PROPS)))
+    for k, name in enumerate(CONTACT_PROPS):
+        if name not in source:
+            continue
+        fcurve = anim_compat.find_fcurve(source, f'["{name}"]')
+        if fcurve is not None:
+            out[:, k] = [fcurve.evaluate(f) for f in frames]
+            continue
+        value = source[name]
+        try:
+            value = np.asarray(value.to_list() if hasattr(value, "to_list") else value, float)
+        except (TypeError, ValueError):
+            raise DPoseError(f"{source.name!r}: the contact property {name!r} is not a "
+                             "number.") from None
+        if value.ndim == 0 or value.shape == (len(frames),):
+            out[:, k] = value
+        else:
+            raise DPoseError(f"{source.name!r}: {name!r} holds {value.size} values for "
+                             f"{len(frames)} frames.")
+    return out
+
+
 def retarget_rig(
     source: bpy.types.Object,
     target: bpy.types.Object,
@@ -115,7 +168,11 @@ def retarget_rig(
     keep_ik: bool = False,
     scene: bpy.types.Scene | None = None,
 ) -> RetargetReport:
-    """Retarget the keyed motion of a D-PoSE SMPL-X rig (rig.build_armature) onto `target`."""
+    """Retarget the keyed motion of a D-PoSE SMPL-X rig (rig.build_armature) onto `target`.
+
+    contacts None: the foot contacts keyed on the rig by the grounding stage, if any
+    (rig_contacts); pass zeros to retarget without planting the feet.
+    """
     rig = rig_frame(source)
     if source.animation_data is None or source.animation_data.action is None:
         raise DPoseError(f"{source.name!r} has no action to retarget; estimate or import a "
@@ -125,6 +182,8 @@ def retarget_rig(
     except ValueError as exc:
         raise DPoseError(f"{source.name!r} has no motion keys to retarget ({exc}).") from None
     offset = int(source.get(keyframes.PROP_FRAME_OFFSET, 1))
+    if contacts is None:
+        contacts = rig_contacts(source, offset + motion.frame_indices)
     return retarget_motion(motion, rig.rest_joints, target, bone_map=bone_map,
                            root_motion=root_motion, contacts=contacts, frame_offset=offset,
                            take_name=take_name or source.name, keep_ik=keep_ik, scene=scene)
@@ -160,12 +219,7 @@ def retarget_motion(
     state = _AnimState(target, scene)  # object mode: edit-mode bone changes are synced
     try:
         skeleton = read_skeleton(target)
-        _refuse_scaled_pose(target)
-        preset = None
-        if bone_map is None:
-            bone_map = stored_bone_map(target)
-        if bone_map is None:
-            preset, bone_map = detect_bone_map(target)
+        preset, bone_map = resolve_bone_map(target, bone_map)
         result = core.retarget(motion.rotmats, motion.transl, rest_joints, skeleton, bone_map,
                                coordinate_frame=motion.coordinate_frame,
                                root_motion=root_motion, contacts=contacts)

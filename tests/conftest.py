@@ -66,3 +66,28 @@ def _fresh_blender(request):
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     yield
+
+
+# bpy 4.2 as a Python module crashes while it shuts down (SIGSEGV freeing a Python class after
+# the interpreter is gone) once the glTF exporter has run in the process: the run would end with
+# exit code 139 after every test passed. The same guard as the farm script's: end the process
+# with pytest's own exit status once pytest is done.
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    import sys
+
+    bpy = sys.modules.get("bpy")
+    if bpy is None or "io_scene_gltf2" not in sys.modules or not _EXIT_STATUS:
+        return
+    if bpy.app.binary_path or tuple(bpy.app.version) >= (4, 5, 0):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_EXIT_STATUS[-1])

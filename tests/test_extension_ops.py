@@ -682,7 +682,11 @@ def test_import_motion_with_huge_frame_numbers_builds_nothing(ext, tmp_path):
     assert bpy.context.scene.dpose.last_report.startswith("Import failed: The motion's frames")
 
 
-def test_exports_from_the_panel_write_npz_fbx_and_bvh(ext, tmp_path):
+def _world_head(obj, bone):
+    return np.array(obj.matrix_world) @ np.array([*obj.pose.bones[bone].head, 1.0])
+
+
+def test_exports_from_the_panel_write_npz_fbx_bvh_and_gltf(ext, tmp_path):
     import bpy
 
     from dpose_core.motion_io import load_motion_npz
@@ -690,6 +694,8 @@ def test_exports_from_the_panel_write_npz_fbx_and_bvh(ext, tmp_path):
     assert bpy.ops.dpose.import_motion(filepath=str(_saved_motion(tmp_path))) == {"FINISHED"}
     (rig,) = _rigs()
     bpy.context.view_layer.objects.active = rig
+    bpy.context.scene.frame_set(1)
+    pelvis, head = _world_head(rig, "pelvis"), _world_head(rig, "head")
     out = tmp_path / "out"
     out.mkdir()
     assert bpy.ops.dpose.export_npz(filepath=str(out / "m.npz")) == {"FINISHED"}
@@ -698,16 +704,32 @@ def test_exports_from_the_panel_write_npz_fbx_and_bvh(ext, tmp_path):
     assert len(back) == 3
     assert bpy.ops.dpose.export_fbx(filepath=str(out / "m.fbx")) == {"FINISHED"}
     assert (out / "m.fbx").read_bytes().startswith(b"Kaydara FBX Binary")
+    assert bpy.ops.dpose.export_fbx(filepath=str(out / "ue.fbx"), preset="unreal") == {
+        "FINISHED"}
     assert bpy.ops.dpose.export_bvh(filepath=str(out / "m.bvh")) == {"FINISHED"}
     assert (out / "m.bvh").read_text().startswith("HIERARCHY")
-    assert sorted(p.name for p in out.iterdir()) == ["m.bvh", "m.fbx", "m.npz"]  # no temp left
+    assert bpy.ops.dpose.export_gltf(filepath=str(out / "m.glb")) == {"FINISHED"}
+    assert (out / "m.glb").read_bytes()[:4] == b"glTF"
+    assert sorted(p.name for p in out.iterdir()) == ["m.bvh", "m.fbx", "m.glb", "m.npz",
+                                                      "ue.fbx"]  # no temp left
+    # The BVH is Y-up now: Blender's importer puts every joint where the rig has it.
+    before = set(bpy.data.objects)
+    bpy.ops.import_anim.bvh(filepath=str(out / "m.bvh"))
+    (imported,) = [o for o in bpy.data.objects if o not in before]
+    bpy.context.scene.frame_set(1)
+    np.testing.assert_allclose(_world_head(imported, "pelvis"), pelvis, atol=1e-3)
+    np.testing.assert_allclose(_world_head(imported, "head"), head, atol=1e-3)
+    assert np.linalg.norm(head - pelvis) > 0.3  # so the test sees a flip
+    bpy.data.objects.remove(imported)
+    bpy.context.view_layer.objects.active = rig
     # The file the rig was made from is never overwritten.
     before = (tmp_path / "walk.npz").read_bytes()
     with pytest.raises(RuntimeError, match="is an input of this scene"):
         bpy.ops.dpose.export_npz(filepath=str(tmp_path / "walk.npz"))
     assert (tmp_path / "walk.npz").read_bytes() == before
     panel_log = _draw_all(ext, bpy.context)
-    assert {("operator", f"dpose.export_{f}") for f in ("npz", "fbx", "bvh")} <= set(panel_log)
+    assert {("operator", f"dpose.export_{f}") for f in ("npz", "fbx", "bvh", "gltf")} <= set(
+        panel_log)
 
 
 # ----------------------------------------------------------------------------- one pipeline

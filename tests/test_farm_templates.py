@@ -95,7 +95,31 @@ def test_openjd_job_leaves_out_unset_options(tmp_path):
     assert "--checkpoint" not in solve and not any(a.startswith("--bbox") for a in solve)
     assert "--strict" not in solve and "--strict" not in merge and "--checkpoint" not in merge
     assert (int(_option(solve, "--start")), int(_option(solve, "--end"))) == (0, 50)
-    assert "--fbx" not in merge and "--bvh" not in merge
+    for flag in ("--fbx", "--bvh", "--gltf", "--retarget-to", "--bone-map", "--root-motion"):
+        assert flag not in merge, flag
+    assert merge[1:4] == ["-b", "-y", "--python"]  # no scene .blend opened
+
+
+def test_openjd_merge_retargets_onto_the_scenes_character_and_exports_it(tmp_path):
+    calls = _openjd_run(tmp_path, FrameEnd=49, ChunkSize=100, ExportFBX="true",
+                        FbxPreset="unreal", ExportGLTF="true", SceneFile="/shots/hero.blend",
+                        RetargetTo="Hero Rig", BoneMap="/maps/hero map.json",
+                        RootMotion="in_place")
+    merge = calls[-1]
+    assert merge[1:5] == ["-b", "-y", "/shots/hero.blend", "--python"]  # opened first
+    rest = merge[merge.index("--") + 1:]
+    assert _option(rest, "--fbx") == str(tmp_path / "out" / "motion.fbx")
+    assert _option(rest, "--fbx-preset") == "unreal"
+    assert _option(rest, "--gltf") == str(tmp_path / "out" / "motion.glb")
+    assert _option(rest, "--retarget-to") == "Hero Rig"
+    assert _option(rest, "--bone-map") == "/maps/hero map.json"
+    assert _option(rest, "--root-motion") == "in_place"
+    # The merge's arguments parse as the farm script reads them.
+    from tests.blender_support import import_blender_module
+
+    args = import_blender_module("headless").build_parser().parse_args(rest)
+    assert (args.retarget_to, args.bone_map, args.root_motion, args.fbx_preset) == (
+        "Hero Rig", "/maps/hero map.json", "in_place", "unreal")
 
 
 def _compile_flamenco(tmp_path: Path, **settings) -> dict:
@@ -103,7 +127,9 @@ def _compile_flamenco(tmp_path: Path, **settings) -> dict:
               "chunk_size": 100, "chunk_overlap": 16,
               "headless_script": "/ext/dpose_blender/headless.py", "checkpoint": "",
               "device": "auto", "person_box": "", "smooth": 1.0, "export_fbx": False,
-              "export_bvh": False, "strict": False, **settings}
+              "export_bvh": False, "export_gltf": False, "fbx_preset": "blender",
+              "scene_blend": "", "retarget_to": "", "bone_map": "", "root_motion": "bone",
+              "strict": False, **settings}
     path = tmp_path / "settings.json"
     path.write_text(json.dumps(values))
     proc = subprocess.run([shutil.which("node"), str(HARNESS), str(JOB_TYPE), str(path)],
@@ -150,6 +176,25 @@ def test_flamenco_tasks_cover_every_frame_once_and_merge_depends_on_all(tmp_path
     assert listed == [f"/farm/sh010/chunks/chunk_{s:06d}.npz" for s in (5, 105, 205)]
     assert _option(args, "--bvh") == "/farm/sh010/motion.bvh" and "--fbx" not in args
     assert _option(args, "--checkpoint") == "/models/paper_arxiv.ckpt"  # the rig's body model
+
+
+def test_flamenco_merge_retargets_onto_the_scenes_character(tmp_path):
+    doc = _compile_flamenco(tmp_path, frames="0-99", export_fbx=True, fbx_preset="unity",
+                            export_gltf=True, scene_blend="/shots/hero.blend",
+                            retarget_to="Hero", bone_map="/maps/hero.json",
+                            root_motion="object")
+    params = {t["name"]: t for t in doc["tasks"]}["merge"]["commands"][0]["parameters"]
+    assert params["blendfile"] == "/shots/hero.blend"
+    args = params["args"]
+    assert _option(args, "--fbx") == "/farm/sh010/motion.fbx"
+    assert _option(args, "--fbx-preset") == "unity"
+    assert _option(args, "--gltf") == "/farm/sh010/motion.glb"
+    assert (_option(args, "--retarget-to"), _option(args, "--bone-map"),
+            _option(args, "--root-motion")) == ("Hero", "/maps/hero.json", "object")
+    plain = _compile_flamenco(tmp_path)
+    params = {t["name"]: t for t in plain["tasks"]}["merge"]["commands"][0]["parameters"]
+    assert params["blendfile"] == ""
+    assert not {"--retarget-to", "--bone-map", "--gltf", "--fbx-preset"} & set(params["args"])
 
 
 @pytest.mark.parametrize("frames", ["0-10,20-30", "30-10", "abc"])

@@ -33,6 +33,18 @@ const JOB_TYPE = {
       description: "Smoothing strength at the merge (0 off, 1 default, 2 twice as smooth)" },
     { key: "export_fbx", type: "bool", default: false, description: "Also write motion.fbx" },
     { key: "export_bvh", type: "bool", default: false, description: "Also write motion.bvh" },
+    { key: "export_gltf", type: "bool", default: false,
+      description: "Also write motion.glb (binary glTF)" },
+    { key: "fbx_preset", type: "string", default: "blender", choices: ["blender", "unreal", "unity"],
+      description: "What the FBX is for: axes, units and bones as that application reads them" },
+    { key: "scene_blend", type: "string", subtype: "file_path", default: "",
+      description: "Optional .blend the merge opens first, holding the character to retarget onto" },
+    { key: "retarget_to", type: "string", default: "",
+      description: "Optional armature in that .blend to bake the take onto; FBX, BVH and glTF then hold it" },
+    { key: "bone_map", type: "string", subtype: "file_path", default: "",
+      description: "Optional bone map JSON (empty: the map saved with the armature, else detected)" },
+    { key: "root_motion", type: "string", default: "bone", choices: ["bone", "object", "in_place"],
+      description: "With retarget_to: the travel on the root bone, on the object, or in place" },
     { key: "strict", type: "bool", default: false,
       description: "Fail a task when any frame had to be skipped or interpolated" },
   ],
@@ -74,18 +86,26 @@ function compileJob(job) {
   const merge = author.Task("merge", "blender");
   const outputs = ["--output", path.join(s.output_dir, "motion.blend"),
                    "--npz", path.join(s.output_dir, "motion.npz")];
-  if (s.export_fbx) outputs.push("--fbx", path.join(s.output_dir, "motion.fbx"));
+  if (s.export_fbx) {
+    outputs.push("--fbx", path.join(s.output_dir, "motion.fbx"),
+                 "--fbx-preset", s.fbx_preset || "blender");
+  }
   if (s.export_bvh) outputs.push("--bvh", path.join(s.output_dir, "motion.bvh"));
+  if (s.export_gltf) outputs.push("--gltf", path.join(s.output_dir, "motion.glb"));
   const mergeArgs = ["--python", s.headless_script, "--", "--merge"].concat(chunkFiles,
     ["--frames", `${range[0]}-${range[1]}`, "--smooth", String(s.smooth),
      "--progress", "flamenco"], outputs);
   if (s.checkpoint) mergeArgs.push("--checkpoint", s.checkpoint);  // the rig's body model
   if (s.strict) mergeArgs.push("--strict");
+  if (s.retarget_to) {  // the exports then hold the retargeted character
+    mergeArgs.push("--retarget-to", s.retarget_to, "--root-motion", s.root_motion || "bone");
+    if (s.bone_map) mergeArgs.push("--bone-map", s.bone_map);
+  }
   merge.addCommand(author.Command("blender-render", {
     exe: "{blender}",
     exeArgs: "{blenderArgs}",
     argsBefore: [],
-    blendfile: "",
+    blendfile: s.scene_blend || "",  // opened first: the character to retarget onto lives there
     args: mergeArgs,
   }, 1));
   for (const t of solveTasks) {
