@@ -428,18 +428,24 @@ def format_info(info: CheckpointInfo) -> str:
     return "\n".join(lines)
 
 
-_hash_cache: dict[tuple[str, int, int], str] = {}
+_digest_memo: dict[tuple[int, int, int, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file, remembered per (device, inode, size, mtime, ctime) for this
+    process: any write changes mtime or ctime, so a remembered digest is never stale, and a
+    renamed file keeps its inode, so it is not hashed twice."""
+    stat = Path(path).stat()
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _digest_memo:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                digest.update(chunk)
+        _digest_memo[key] = digest.hexdigest()
+    return _digest_memo[key]
 
 
 def checkpoint_hash(path: str | os.PathLike[str] | None) -> str:
-    """Full sha256 (hex) of the file, memoised per (path, size, mtime) for this process."""
-    resolved = resolve_checkpoint(path)
-    stat = resolved.stat()
-    key = (str(resolved.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _hash_cache:
-        digest = hashlib.sha256()
-        with open(resolved, "rb") as f:
-            while chunk := f.read(_HASH_CHUNK):
-                digest.update(chunk)
-        _hash_cache[key] = digest.hexdigest()
-    return _hash_cache[key]
+    """Full sha256 (hex) of the checkpoint `path` resolves to (see resolve_checkpoint)."""
+    return file_sha256(resolve_checkpoint(path))

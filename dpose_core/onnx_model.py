@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import file_sha256
 from .errors import CheckpointError, DPoseError
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "data" / "dpose_template.onnx"
@@ -47,7 +48,6 @@ _BUILD_PREFIX, _TRASH_PREFIX = ".build-", ".trash-"
 _LEFTOVER_PREFIXES = (_BUILD_PREFIX, _TRASH_PREFIX)
 _LOCK_SUFFIX = ".lock"
 _OLD_RELEASE_STAMP = "template.sha256"  # what entries held before manifests
-_HASH_CHUNK = 8 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -237,31 +237,11 @@ def cache_entry_dir(
     return _cache_folder(cache_dir) / checkpoint_hash(checkpoint_path)[:16]
 
 
-_digest_memo: dict[tuple[int, int, int, int, int], str] = {}
-
-
 def _stat_signature(path: Path) -> list[int]:
     """[inode, size, mtime, ctime] (ns): every write to the file changes mtime or ctime, and
     ctime cannot be set back by user tools, so an unchanged signature means unchanged bytes."""
     stat = path.stat()
     return [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
-
-
-def _file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered per (device, inode, size, mtime, ctime) for this process.
-
-    Any write to the file changes its mtime or ctime, so a remembered digest is never stale;
-    a renamed file keeps its inode, so a freshly built entry is not hashed twice.
-    """
-    stat = path.stat()
-    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-    if key not in _digest_memo:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_HASH_CHUNK):
-                digest.update(chunk)
-        _digest_memo[key] = digest.hexdigest()
-    return _digest_memo[key]
 
 
 def _template_digest(template_path: str | os.PathLike) -> str:
@@ -314,7 +294,7 @@ def _manifest_problem(entry: Path, manifest: dict | None, template_digest: str) 
     for name in _ENTRY_FILES:  # sizes first: a truncated file is found without reading it
         if _stat_signature(entry / name) == files[name].get("stat"):
             continue  # not written to since the build (any write changes mtime or ctime)
-        if _file_sha256(entry / name) != files[name].get("sha256"):
+        if file_sha256(entry / name) != files[name].get("sha256"):
             return f"{name} does not match its sha256 in the manifest (overwritten or corrupted)"
     return None
 
@@ -480,7 +460,7 @@ def _write_manifest(folder: Path, checkpoint_path: Path, template_path) -> None:
                        "bytes": checkpoint_path.stat().st_size},
         "template_sha256": _template_digest(template_path),
         "files": {name: {"bytes": (folder / name).stat().st_size,
-                         "sha256": _file_sha256(folder / name),
+                         "sha256": file_sha256(folder / name),
                          "stat": _stat_signature(folder / name)} for name in _ENTRY_FILES},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip

@@ -190,8 +190,8 @@ def test_unchanged_files_are_not_reread_but_any_write_is_caught(
     old mtime still changes the ctime, so the file is hashed and the damage found."""
     model = _build(checkpoint_path, tmp_path, arrays)
     hashed: list[str] = []
-    real_sha256 = onnx_model._file_sha256
-    monkeypatch.setattr(onnx_model, "_file_sha256", lambda p: hashed.append(p.name) or
+    real_sha256 = onnx_model.file_sha256
+    monkeypatch.setattr(onnx_model, "file_sha256", lambda p: hashed.append(p.name) or
                         real_sha256(p))  # fmt: skip
     assert onnx_model.inspect_entry(model.parent).ok
     assert hashed == []
