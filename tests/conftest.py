@@ -16,11 +16,18 @@ os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="dpose-b
 
 @pytest.fixture(scope="session")
 def body_model_npz(tmp_path_factory) -> Path:
-    """A synthetic SMPLX_NEUTRAL.npz: real array shapes and kinematic tree, random values."""
-    from tests.synth_body import write_synthetic_smplx_npz
+    """A synthetic SMPLX_NEUTRAL.npz: real array shapes and kinematic tree, random values.
 
+    Its surface is synth_tube_body's bone tubes (with synth_body's random blend shapes), so
+    part agreement, scored in every run, renders it as fast as the real mesh.
+    """
+    from tests.synth_body import write_synthetic_smplx_npz
+    from tests.synth_tube_body import write_tube_smplx_npz
+
+    skeleton = write_synthetic_smplx_npz(
+        tmp_path_factory.mktemp("skeleton") / "SMPLX_NEUTRAL.npz", seed=0)
     path = tmp_path_factory.mktemp("body") / "SMPLX_NEUTRAL.npz"
-    write_synthetic_smplx_npz(path, seed=0)
+    write_tube_smplx_npz(path, skeleton, blend_shapes=True)
     return path
 
 

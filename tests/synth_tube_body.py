@@ -128,19 +128,23 @@ def tube_body_from_npz(body_model_npz) -> BodyModel:
     return tube_body_model(source.rest_joints(np.zeros(11)))
 
 
-def write_tube_smplx_npz(path, body_model_npz) -> Path:
+def write_tube_smplx_npz(path, body_model_npz, blend_shapes: bool = False) -> Path:
     """The tube body as an SMPLX_NEUTRAL.npz (same keys as synth_body writes), e.g. to build a
     random checkpoint whose body renders sensibly: `write_random_checkpoint(ckpt, path)`.
 
     Scoring part agreement on synth_body itself is slow (its random faces span the whole body,
     ~50 M pixel fragments per crop); on this body it costs what it does on real SMPL-X.
+    blend_shapes: keep the source's random shape and pose blend shapes (a few mm per unit),
+    so betas and pose correctives still change the mesh (what tests comparing with the
+    `smplx` package need); by default they are zero and only skinning moves the tubes.
     """
     data = dict(np.load(body_model_npz, allow_pickle=False))
     body = tube_body_from_npz(body_model_npz)
+    if not blend_shapes:
+        data.update(shapedirs=np.zeros_like(data["shapedirs"]),
+                    posedirs=np.zeros_like(data["posedirs"]))
     data.update(
         v_template=body.v_template,
-        shapedirs=np.zeros_like(data["shapedirs"]),
-        posedirs=np.zeros_like(data["posedirs"]),
         J_regressor=body.J_regressor,
         weights=body.lbs_weights,
         f=body.faces.astype(np.uint32),
