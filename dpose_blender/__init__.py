@@ -36,13 +36,14 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import depth_plane, jobs, operators
+    from . import depth_plane, evidence, jobs, operators
 
     jobs.cancel_all()
     operators.unregister_timers()
     operators.unregister_handlers()
     operators.unregister_menus()
     depth_plane.unregister()
+    evidence.release_icons()
     operators.unregister_properties()
     while _registered:
         cls = _registered.pop()
