@@ -164,3 +164,65 @@ def test_the_legend_has_a_swatch_per_predicted_class():
         np.testing.assert_allclose(pixels.reshape(-1, 4)[0], [*(np.array(rgb) / 255.0), 1.0],
                                    atol=1e-6)
     evidence.release_icons()
+
+
+def test_headless_overlay_and_scores_in_the_blend(tmp_path, checkpoint_path, onnx_cache_dir):
+    """The farm script: --overlay puts the part map behind the rig as an image sequence; the
+    rig carries the part-agreement curve, the npz the scores."""
+    import json
+    import subprocess
+    import sys
+
+    import cv2
+
+    from tests.test_headless import HEADLESS
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = rng.uniform(0, 40, (120, 96, 3)).astype(np.uint8)
+        cv2.rectangle(img, (34 + i, 20), (62 + i, 100), (200, 180, 160), -1)
+        cv2.imwrite(str(frames / f"frame_{i:04d}.png"), img)
+    out_blend, cache = tmp_path / "out.blend", tmp_path / "cache"
+    proc = subprocess.run(
+        [sys.executable, str(HEADLESS), "--", "--input", str(frames), "--output", str(out_blend),
+         "--checkpoint", str(checkpoint_path), "--device", "cpu", "--cache-dir", str(cache),
+         "--npz", str(tmp_path / "m.npz"), "--bbox", "20,5,80,115", "--overlay",
+         "--frame-start", "5", "--low-part-iou", "1"],
+        capture_output=True, text=True, timeout=400, cwd=tmp_path,
+        env={**__import__("os").environ, "DPOSE_CACHE": str(onnx_cache_dir)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with np.load(tmp_path / "m.npz") as npz:
+        part_iou, silhouette = npz["dpose_part_iou"], npz["dpose_silhouette_iou"]
+    assert part_iou.shape == (3, 23) and silhouette.shape == (3,)
+    overlays = sorted((cache / "overlay").glob("*/part_overlay_*.png"))
+    assert [p.name for p in overlays] == [f"part_overlay_{f:06d}.png" for f in range(3)]
+    script = (
+        "import bpy, json\n"
+        f"bpy.ops.wm.open_mainfile(filepath={str(out_blend)!r})\n"
+        "rig = next(o for o in bpy.data.objects if o.type == 'ARMATURE')\n"
+        "cam = bpy.context.scene.camera\n"
+        "bag = rig.animation_data.action.layers[0].strips[0].channelbags[0]\n"
+        "fc = bag.fcurves.find('[\"dpose_part_iou_mean\"]')\n"
+        "bgs = cam.data.background_images\n"
+        "user = bgs[1].image_user\n"
+        "print('RESULT', json.dumps({'keys': [list(k.co) for k in fc.keyframe_points],"
+        " 'backgrounds': len(bgs), 'source': bgs[1].image.source,"
+        " 'first_shown': 5 - user.frame_start + user.frame_offset + 1,"
+        " 'markers': sorted(m.frame for m in bpy.context.scene.timeline_markers"
+        " if m.name == 'D-PoSE: low part agreement')}))\n")
+    opened = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    line = next(ln for ln in opened.stdout.splitlines() if ln.startswith("RESULT"))
+    info = json.loads(line[len("RESULT "):])
+    assert info["backgrounds"] == 2 and info["source"] == "SEQUENCE"
+    assert info["first_shown"] == 0  # scene frame 5 (--frame-start) shows part_overlay_000000
+    from dpose_core.evidence_report import motion_scores
+    from dpose_core.motion_io import load_motion_npz
+
+    means = motion_scores(load_motion_npz(tmp_path / "m.npz")).mean_iou
+    scored = np.flatnonzero(np.isfinite(means))
+    np.testing.assert_allclose(info["keys"], np.column_stack([5 + scored, means[scored]]),
+                               atol=1e-6)
+    assert info["markers"] == [5]  # every scored frame is below 1: one run, one marker

@@ -5,6 +5,7 @@ rendered for a pose it "saw" (the same pose, or a bent one): its scores are know
 """
 
 import json
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -102,9 +103,9 @@ def folder(tmp_path):
     return clip
 
 
-def _video(net, folder, **options):
+def _video(net, folder, frame_maps=None, **options):
     opts = RunOptions(inputs=[folder], bbox=net.person_box(), smooth=0.0, **options)
-    return estimate_video(opts, estimator=net, warn=lambda text: None)
+    return estimate_video(opts, estimator=net, warn=lambda text: None, frame_maps=frame_maps)
 
 
 def test_a_video_run_scores_every_solved_frame_and_not_the_filled_ones(body, folder, tmp_path):
@@ -256,3 +257,43 @@ def test_cli_refuses_bad_evidence_options_in_one_line(extra, message, folder, tm
     err = capsys.readouterr().err
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "m.npz").exists()
+
+
+# --------------------------------------------------------------------------- overlay frames
+def test_overlay_frames_have_no_holes_and_hold_over_the_stride(body, folder, tmp_path):
+    from dpose_core.overlay_frames import PartOverlayWriter, overlay_file
+
+    net = RenderedBodyNetwork(body)
+    writer = PartOverlayWriter(tmp_path / "ov")
+    _video(net, folder, stride=2, frame_maps=writer)  # frames 0, 2, 4 solved
+    sequence = writer.finish()
+    assert (sequence.first_frame, sequence.last_frame) == (0, 4)
+    files = sorted(p.name for p in (tmp_path / "ov").iterdir())
+    assert files == [overlay_file(tmp_path, f).name for f in range(5)]
+    rgba = [cv2.imread(str(overlay_file(tmp_path / "ov", f)), cv2.IMREAD_UNCHANGED)
+            for f in range(5)]
+    assert all(im.shape == (H, W, 4) for im in rgba)
+    assert rgba[0][:, :, 3].any() and np.array_equal(rgba[1], rgba[0])  # 1 holds frame 0
+    painted = rgba[0][:, :, 3] > 0
+    box = net.person_box()
+    ys, xs = np.nonzero(painted)
+    assert box[0] <= xs.min() and xs.max() < box[2] and box[1] <= ys.min() and ys.max() < box[3]
+
+
+def test_overlay_frames_with_nobody_are_clear(tmp_path):
+    from dpose_core.overlay_frames import PartOverlayWriter, overlay_file
+    from dpose_core.sequence import FrameResult, PersonResult
+
+    estimate = SimpleNamespace(image_size=np.array([[40.0, 30.0]]),
+                               part_labels=np.full((1, 224, 224), 4, np.uint8),
+                               crop_box=np.array([[0.0, 0.0, 20.0, 20.0]]))
+    writer = PartOverlayWriter(tmp_path)
+    writer(FrameResult(5, 0.0, error="unreadable"))  # before any size is known
+    writer(FrameResult(6, 0.0, people=[PersonResult(0, np.zeros(4), 1.0, "manual",
+                                                    estimate, 0)]))
+    writer(FrameResult(7, 0.0))
+    assert (writer.finish().first_frame, writer.finish().last_frame) == (5, 7)
+    alpha = [cv2.imread(str(overlay_file(tmp_path, f)), cv2.IMREAD_UNCHANGED)[:, :, 3]
+             for f in (5, 6, 7)]
+    assert alpha[0].shape == (30, 40) and not alpha[0].any() and not alpha[2].any()
+    assert alpha[1][:20, :20].all() and not alpha[1][:, 20:].any()
