@@ -226,3 +226,14 @@ def test_headless_overlay_and_scores_in_the_blend(tmp_path, checkpoint_path, onn
     np.testing.assert_allclose(info["keys"], np.column_stack([5 + scored, means[scored]]),
                                atol=1e-6)
     assert info["markers"] == [5]  # every scored frame is below 1: one run, one marker
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--merge", "c.npz"], "--overlay is drawn while the network runs"),
+    (["--input", "x", "--chunk-output", "c.npz"], "--overlay is drawn while the network runs"),
+])
+def test_headless_refuses_an_overlay_without_part_maps(extra, message, tmp_path):
+    from tests.test_headless import _run
+
+    code, out = _run(["--output", tmp_path / "o.blend", "--overlay", *extra], tmp_path)
+    assert code == 2 and f"error: {message}" in out, out

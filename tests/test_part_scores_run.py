@@ -297,3 +297,24 @@ def test_overlay_frames_with_nobody_are_clear(tmp_path):
              for f in (5, 6, 7)]
     assert alpha[0].shape == (30, 40) and not alpha[0].any() and not alpha[2].any()
     assert alpha[1][:20, :20].all() and not alpha[1][:, 20:].any()
+
+
+def test_cli_merge_report_has_the_merged_scores(body, folder, tmp_path, capsys):
+    from dpose_core.cli import main
+
+    net = RenderedBodyNetwork(body, seen_bend_deg=25.0)
+    chunks = []
+    for start, end in ((0, 3), (3, 6)):
+        chunks.append(write_chunk(tmp_path / f"c{start}.npz",
+                                  _video(net, folder, start=start, end=end,
+                                         chunk_overlap=2).chunk))
+    report = tmp_path / "r.json"
+    rc = main(["merge", *map(str, chunks), "-o", str(tmp_path / "m.npz"), "--report",
+               str(report), "--smooth", "0", "--low-part-iou", "0.99"])
+    assert rc == 1, capsys.readouterr().err  # frame 3 was skipped: the run says so
+    track = json.loads(report.read_text())["part_agreement"]["tracks"]["0"]
+    merged = load_motion_npz(tmp_path / "m.npz")
+    assert [f["frame"] for f in track["per_frame"]] == merged.frame_indices.tolist()
+    assert [f["silhouette_iou"] for f in track["per_frame"]] == [
+        None if np.isnan(v) else round(float(v), 4) for v in merged.silhouette_iou]
+    assert track["low_frames"] == [0, 1, 2, 4, 5]
