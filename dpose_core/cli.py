@@ -133,7 +133,9 @@ def run_options(args: argparse.Namespace):
     """The pipeline's RunOptions for `dpose estimate`'s arguments (one meaning per option)."""
     from .pipeline import RunOptions
 
-    evidence = [p for p in (args.report, args.overlay) if p]
+    evidence = [args.report] if args.report else []
+    if args.overlay:  # every file --overlay writes: never an input, never twice
+        evidence += overlay_paths(args.overlay, len(args.inputs))
     return RunOptions(
         inputs=args.inputs, outputs=([args.output] if args.output else []) + evidence,
         checkpoint=args.checkpoint, body_model=args.body_model, backend=args.backend,

@@ -318,3 +318,17 @@ def test_cli_merge_report_has_the_merged_scores(body, folder, tmp_path, capsys):
     assert [f["silhouette_iou"] for f in track["per_frame"]] == [
         None if np.isnan(v) else round(float(v), 4) for v in merged.silhouette_iou]
     assert track["low_frames"] == [0, 1, 2, 4, 5]
+
+
+def test_cli_overlay_names_are_checked_against_the_inputs(tmp_path, capsys):
+    from dpose_core.cli import main
+
+    photos = []
+    for k in range(2):
+        photos.append(tmp_path / f"o_{k}.png")
+        cv2.imwrite(str(photos[-1]), np.full((30, 40, 3), 90, np.uint8))
+    before = photos[1].read_bytes()
+    rc = main(["estimate", *map(str, photos), "--overlay", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is an input of this run" in err and str(photos[0]) in err
+    assert photos[1].read_bytes() == before
