@@ -342,7 +342,7 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
             estimator = pipeline.open_estimator(options)
             out(f"D-PoSE: {estimator.backend} on {estimator.device}; input {args.input}")
             writer = (scene_builder.overlay_writer(_scene_options(args), args.input)
-                      if options.is_video else None)
+                      if args.overlay and options.is_video else None)
             takes, footage, result = estimate(options, estimator, reporter=reporter,
                                               keep_reliefs=args.depth_plane, frame_maps=writer)
             if writer is not None:
