@@ -37,13 +37,14 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import depth_plane, jobs, operators, retarget_ops
+    from . import depth_plane, evidence, jobs, operators, retarget_ops
 
     jobs.cancel_all()
     operators.unregister_timers()
     operators.unregister_handlers()
     operators.unregister_menus()
     depth_plane.unregister()
+    evidence.release_icons()
     operators.unregister_properties()
     retarget_ops.unregister_properties()
     while _registered:

@@ -6,7 +6,8 @@
         [--retarget-to ARMATURE [--bone-map map.json] [--root-motion bone|object|in_place]] \\
         [--checkpoint CKPT] [--device cpu|cuda|auto] [--start N] [--end N] [--stride N] \\
         [--fps F] [--person all|largest|N] [--bbox X0,Y0,X1,Y1] [--smooth S] [--fov DEG] \\
-        [--mesh] [--depth-plane] [--frame-start N]
+        [--mesh] [--depth-plane] [--overlay] [--low-part-iou X] [--no-part-scores]
+        [--frame-start N]
     python dpose_blender/headless.py -- ...        (same, with the bpy wheel as a module)
 
 A thin adapter, like the panel's jobs: the arguments become the core's ``RunOptions``
@@ -55,6 +56,8 @@ def _is_blender_binary(arg0: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..dpose_core.evidence_report import DEFAULT_LOW_PART_IOU
+
     p = argparse.ArgumentParser(
         prog="headless.py",
         description="D-PoSE: an image, an image folder or a video -> SMPL-X rigs in a .blend.",
@@ -110,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scene frame of the first source frame used (--start)")
     p.add_argument("--mesh", action="store_true", help="add the skinned SMPL-X mesh")
     p.add_argument("--depth-plane", action="store_true", help="add the depth relief")
+    p.add_argument("--overlay", action="store_true",
+                   help="show the body parts the network saw over the footage (a second "
+                   "camera background; PNGs in --cache-dir, else beside --output)")
+    p.add_argument("--low-part-iou", type=float, default=DEFAULT_LOW_PART_IOU, metavar="X",
+                   help="frames whose mean part IoU is below X get a 'low part agreement' "
+                   f"marker (default {DEFAULT_LOW_PART_IOU:g})")
+    p.add_argument("--no-part-scores", action="store_true",
+                   help="do not score the solve against the network's part map")
     farm = p.add_argument_group("farm chunks (see farm/README.md)")
     farm.add_argument("--chunk-output", metavar="CHUNK.npz",
                       help="solve frames --start..--end of --input into this chunk file of raw "
@@ -174,6 +185,7 @@ def run_options(args: argparse.Namespace):
         person=args.person, bbox=args.bbox or (), fov_deg=args.fov,
         smooth=DEFAULT_SMOOTH if args.smooth is None else args.smooth, start=args.start,
         end=args.end, stride=args.stride, fps=args.fps, strict=args.strict,
+        part_scores=not args.no_part_scores,
     )
 
 
@@ -186,6 +198,11 @@ def validate_args(args: argparse.Namespace):
 
     if (args.input is None) == (args.merge is None):
         raise UsageError("give --input (footage to solve) or --merge (chunk files), not both.")
+    if args.overlay and (args.merge or args.chunk_output):
+        raise UsageError("--overlay is drawn while the network runs: a chunk keeps no part "
+                         "maps; solve the shot in one task to see it.")
+    if not 0.0 <= args.low_part_iou <= 1.0:
+        raise UsageError(f"--low-part-iou must be between 0 and 1, got {args.low_part_iou}.")
     if args.chunk_output:
         if args.merge or args.output:
             raise UsageError("--chunk-output writes only the chunk: drop --merge and --output.")
@@ -327,8 +344,10 @@ class _OutStream:
         sys.stdout.flush()
 
 
-def estimate(options, estimator, *, reporter, keep_reliefs: bool = False):
-    """The pipeline run for these options -> (takes, footage, result) for the scene builder."""
+def estimate(options, estimator, *, reporter, keep_reliefs: bool = False, frame_maps=None):
+    """The pipeline run for these options -> (takes, footage, result) for the scene builder.
+
+    frame_maps: a video run's frame hook (the part overlay writer)."""
     from ..dpose_core import pipeline
     from ..dpose_core.frames import DEFAULT_FOLDER_FPS
     from . import scene_builder
@@ -339,7 +358,8 @@ def estimate(options, estimator, *, reporter, keep_reliefs: bool = False):
     if options.is_video:
         result = pipeline.estimate_video(
             options, estimator=estimator, progress=reporter.progress, warn=warn,
-            keep_maps=scene_builder.relief_keeper if keep_reliefs else False)
+            keep_maps=scene_builder.relief_keeper if keep_reliefs else False,
+            frame_maps=frame_maps)
         if result.chunk is not None:
             return [], None, result
         return (scene_builder.takes_from_video(result),
@@ -385,6 +405,7 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
     from . import provenance, scene_builder
 
     reporter = _Reporter(args.progress, out)
+    overlay = None
     try:
         if args.merge:
             reporter.status(f"merging {len(args.merge)} chunk file(s)")
@@ -395,8 +416,14 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
             out(f"D-PoSE: loading {Path(options.checkpoint).name} ({args.device}) ...")
             estimator = pipeline.open_estimator(options)
             out(f"D-PoSE: {estimator.backend} on {estimator.device}; input {args.input}")
+            writer = (scene_builder.overlay_writer(_scene_options(args), args.input)
+                      if args.overlay and options.is_video else None)
             takes, footage, result = estimate(options, estimator, reporter=reporter,
-                                              keep_reliefs=args.depth_plane)
+                                              keep_reliefs=args.depth_plane, frame_maps=writer)
+            if writer is not None:
+                overlay = writer.finish()
+            elif args.overlay:
+                overlay = scene_builder.still_overlay(result, 0, _scene_options(args))
             body_model, backend, device = None, estimator.backend, estimator.device
             checkpoint_path = estimator.checkpoint_path
             sha = None
@@ -413,11 +440,7 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
                 f"{result.chunk.own_end - 1}, {len(result.chunk.tracks)} raw track(s))")
             return EXIT_OK
         body_model = body_model or estimator.body_model
-        scene_options = scene_builder.SceneOptions(
-            start_frame=args.frame_start, add_mesh=args.mesh,
-            add_depth_plane=args.depth_plane and not args.merge,
-            collection_name=f"D-PoSE {Path(footage.path).stem}",
-            relief_cache_dir=args.cache_dir or str(Path(args.output).parent))
+        scene_options = _scene_options(args, collection_name=f"D-PoSE {Path(footage.path).stem}")
         record = provenance.build_record(
             checkpoint_path=checkpoint_path,
             checkpoint_sha256=sha or checkpoint_hash(checkpoint_path),
@@ -425,7 +448,8 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
             backend=backend, device=device,
             kind="sequence" if args.merge or options.is_video else "image")
         created = scene_builder.build_scene(_scene(), takes, body_model,
-                                            scene_options, footage=footage, record=record)
+                                            scene_options, footage=footage, record=record,
+                                            part_overlay=overlay)
         target = retarget_take(created, takes, args, out)
         save_outputs(created, takes, args, target=target)
     except (CancelledError, KeyboardInterrupt) as exc:
@@ -446,6 +470,18 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
     out(f"D-PoSE: wrote {args.output} ({len(takes)} rig(s), {n_keys} posed frames, "
         f"{skipped} frame(s) skipped)")
     return EXIT_OK
+
+
+def _scene_options(args: argparse.Namespace, collection_name: str | None = None):
+    """The scene builder's options for these arguments."""
+    from . import scene_builder
+
+    return scene_builder.SceneOptions(
+        start_frame=args.frame_start, add_mesh=args.mesh,
+        add_depth_plane=args.depth_plane and not args.merge,
+        collection_name=collection_name,
+        relief_cache_dir=args.cache_dir or str(Path(args.output).parent),
+        part_overlay=args.overlay, low_part_iou=args.low_part_iou)
 
 
 def _settings(args: argparse.Namespace, options, result) -> dict:

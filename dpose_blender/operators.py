@@ -23,6 +23,7 @@ from bpy.props import (
 )
 from bpy_extras.io_utils import ImportHelper
 
+from ..dpose_core.evidence_report import DEFAULT_LOW_PART_IOU
 from ..dpose_core.frames import DEFAULT_FOLDER_FPS
 from ..dpose_core.pipeline import DEFAULT_SMOOTH, FOV_RANGE_DEG
 from ..dpose_core.relief import DEFAULT_DEPTH_SCALE
@@ -63,6 +64,14 @@ class DPOSE_PG_settings(bpy.types.PropertyGroup):
     depth_scale: FloatProperty(name="Depth Scale", default=DEFAULT_DEPTH_SCALE, soft_min=-2.0,
                                soft_max=2.0,
                                unit="LENGTH", description="Metres per unit of relative depth")
+    part_overlay: BoolProperty(
+        name="Part Overlay", default=False,
+        description="Show the body parts the network saw over the footage (a second camera "
+                    "background image; PNGs in the cache folder)")
+    low_part_iou: FloatProperty(
+        name="Low Part Agreement", default=DEFAULT_LOW_PART_IOU, min=0.0, max=1.0,
+        description="Frames whose solve overlaps the network's part map less than this (mean "
+                    "part IoU) get a 'low part agreement' timeline marker")
     key_selected: BoolProperty(
         name="Key Selected Rig", default=False,
         description="Key the pose onto the selected D-PoSE rig instead of creating a new rig "

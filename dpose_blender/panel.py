@@ -64,9 +64,29 @@ class DPOSE_PT_main(bpy.types.Panel):
         row = layout.row(align=True)
         row.prop(s, "add_mesh", toggle=True)
         row.prop(s, "add_depth_plane", toggle=True)
+        row.prop(s, "part_overlay", toggle=True)
         if s.add_depth_plane:
             layout.prop(s, "depth_scale")
+        layout.prop(s, "low_part_iou")
         layout.prop(s, "key_selected")
+
+
+class DPOSE_PT_part_legend(bpy.types.Panel):
+    """The part colours of the Part Overlay (the same as `dpose estimate --overlay`)."""
+
+    bl_label = "Part Colours"
+    bl_parent_id = "DPOSE_PT_main"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "D-PoSE"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        from .evidence import legend_icons
+
+        flow = self.layout.grid_flow(columns=2, even_columns=True, align=True)
+        for name, icon in legend_icons():
+            flow.label(text=name, icon_value=icon.icon_id)
 
 
 class DPOSE_PT_image(bpy.types.Panel):
@@ -135,4 +155,5 @@ class DPOSE_PT_files(bpy.types.Panel):
         col.operator("dpose.export_gltf", icon="EXPORT")
 
 
-classes = (DPOSE_PT_main, DPOSE_PT_image, DPOSE_PT_sequence, DPOSE_PT_files)
+classes = (DPOSE_PT_main, DPOSE_PT_image, DPOSE_PT_sequence, DPOSE_PT_files,
+           DPOSE_PT_part_legend)

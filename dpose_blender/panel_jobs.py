@@ -48,6 +48,7 @@ class Outcome:
     result: object  # pipeline.ImagesResult or pipeline.VideoResult
     estimator: object
     checkpoint_sha256: str  # hashed in the worker: seconds for the real checkpoint
+    part_overlay: object = None  # overlay_frames.OverlaySequence the worker wrote
 
     @property
     def skipped(self) -> int:
@@ -121,6 +122,7 @@ def _scene_options(context, s, *, start_frame: int, collection: str) -> scene_bu
     return scene_builder.SceneOptions(
         start_frame=start_frame, add_mesh=s.add_mesh, add_depth_plane=s.add_depth_plane,
         depth_scale=s.depth_scale, target_rig=_target_rig(context, s),
+        part_overlay=s.part_overlay, low_part_iou=s.low_part_iou,
         collection_name=f"D-PoSE {collection}", relief_cache_dir=settings["cache_dir"],
     )
 
@@ -219,7 +221,9 @@ def run_image(request: PanelRequest, ctx) -> Outcome:
     result = pipeline.estimate_images(
         request.run, estimator=estimator, progress=lambda done, total: ctx.progress(done, total),
         cancel=ctx.cancel_event, warn=ctx.warn)
-    return Outcome(result, estimator, checkpoint_hash(estimator.checkpoint_path))
+    overlay = (scene_builder.still_overlay(result, 0, request.scene)
+               if request.scene.part_overlay else None)
+    return Outcome(result, estimator, checkpoint_hash(estimator.checkpoint_path), overlay)
 
 
 def run_video(request: PanelRequest, ctx) -> Outcome:
@@ -230,12 +234,15 @@ def run_video(request: PanelRequest, ctx) -> Outcome:
     ctx.progress(0, 0, "loading the network")
     estimator = load_estimator(request.run)
     ctx.progress(0, 0, "")
+    writer = scene_builder.overlay_writer(request.scene, request.run.inputs[0])
     result = pipeline.estimate_video(
         request.run, estimator=estimator,
         progress=lambda done, total: ctx.progress(done, total, ""),
         cancel=ctx.cancel_event, warn=ctx.warn,
-        keep_maps=scene_builder.relief_keeper if request.scene.add_depth_plane else False)
-    return Outcome(result, estimator, checkpoint_hash(estimator.checkpoint_path))
+        keep_maps=scene_builder.relief_keeper if request.scene.add_depth_plane else False,
+        frame_maps=writer)
+    return Outcome(result, estimator, checkpoint_hash(estimator.checkpoint_path),
+                   None if writer is None else writer.finish())
 
 
 def panel_message(exc: BaseException) -> str:
@@ -269,7 +276,8 @@ def build(scene, request: PanelRequest, outcome: Outcome) -> list:
         kind="image" if request.kind == "image" else "sequence",
     )
     return scene_builder.build_scene(scene, takes, estimator.body_model, request.scene,
-                                     footage=footage, record=record)
+                                     footage=footage, record=record,
+                                     part_overlay=outcome.part_overlay)
 
 
 def _run_facts(result) -> dict:

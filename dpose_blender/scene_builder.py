@@ -4,7 +4,8 @@ The image job, the video job, Import Motion and the farm script all describe wha
 ``Take``s (one person's Motion, optionally the depth relief of each frame), the footage it came
 from (``Footage``: path, kind, camera intrinsics, the source frames used) and ``SceneOptions``;
 ``build_scene`` turns that into rigs with keys (or keys on an existing rig), the matching
-camera with the footage behind it, the depth relief, timeline markers and provenance.
+camera with the footage behind it, the depth relief, timeline markers and provenance, and
+what the network saw (``evidence``: part-agreement curves and markers, the part overlay).
 
 Timing, one rule for all: source frame ``footage.first_source_frame + i`` is keyed at scene
 frame ``options.start_frame + i``, and the footage plays in step with it, so running the same
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..dpose_core.errors import DPoseError
+from ..dpose_core.evidence_report import DEFAULT_LOW_PART_IOU
 from ..dpose_core.motion import Motion
 from ..dpose_core.relief import (
     DEFAULT_DEPTH_SCALE,
@@ -74,6 +76,8 @@ class SceneOptions:
     collection_name: str | None = None  # None: straight into the scene collection
     set_scene_timing: bool = True  # scene fps and frame range follow the first new rig
     relief_cache_dir: str | None = None  # where a sequence's per-frame relief is kept
+    low_part_iou: float = DEFAULT_LOW_PART_IOU  # part agreement below this gets a marker
+    part_overlay: bool = False  # the job writes the part map for a camera background
 
 
 def frame_offset(options: SceneOptions, footage: Footage | None) -> int:
@@ -106,8 +110,12 @@ def build_scene(
     *,
     footage: Footage | None = None,
     record: dict | None = None,
+    part_overlay=None,
 ) -> list:
     """Build the takes into ``scene``; returns the objects made (or keyed), rigs first.
+
+    part_overlay: the overlay_frames.OverlaySequence the job wrote (SceneOptions.part_overlay),
+    shown over the footage through the camera.
 
     Raises DPoseError for a request that cannot be built; on any failure the scene is put
     back as it was.
@@ -119,7 +127,8 @@ def build_scene(
     backup = KeysBackup(target) if target is not None else None
     snapshot = SceneSnapshot(scene)
     try:
-        created = _build(scene, takes, body_model, options, footage, record, target)
+        created = _build(scene, takes, body_model, options, footage, record, target,
+                         part_overlay)
     except BaseException:
         if backup is not None:
             backup.restore()
@@ -144,10 +153,10 @@ def _target_rig(name: str | None):
     return target
 
 
-def _build(scene, takes, body_model, options, footage, record, target) -> list:
+def _build(scene, takes, body_model, options, footage, record, target, part_overlay) -> list:
     import bpy
 
-    from . import keyframes, motion_import, provenance
+    from . import evidence, keyframes, motion_import, provenance
 
     offset = frame_offset(options, footage)
     collection = scene.collection
@@ -162,6 +171,7 @@ def _build(scene, takes, body_model, options, footage, record, target) -> list:
             frame_indices=take.motion.frame_indices + (offset - rig_offset))
         keyframes.write_motion_keys(target, motion, frame_offset=rig_offset, scene=scene,
                                     set_scene_timing=False)
+        evidence.key_part_scores(target, motion, rig_offset, scene, options.low_part_iou)
         created.append(target)
     else:
         for k, take in enumerate(takes):
@@ -170,11 +180,17 @@ def _build(scene, takes, body_model, options, footage, record, target) -> list:
                 frame_offset=offset, scene=scene, collection=collection,
                 set_scene_timing=options.set_scene_timing and k == 0,
             )
+            evidence.key_part_scores(armature, take.motion, offset, scene, options.low_part_iou)
             created.append(armature)
             created += [c for c in armature.children if c.type == "MESH"]
     image = _footage_image(footage) if footage is not None else None
     if options.add_camera and footage is not None:
-        created.append(_camera(scene, collection, footage, image, options))
+        cam = _camera(scene, collection, footage, image, options)
+        if part_overlay is not None:
+            evidence.add_part_overlay(cam, str(part_overlay.first_file),
+                                      frame_count=part_overlay.frame_count,
+                                      frame_start=offset + part_overlay.first_frame)
+        created.append(cam)
     if options.add_depth_plane and footage is not None:
         created += _depth_planes(scene, collection, takes, footage, image, options)
     if record is not None:
@@ -251,6 +267,37 @@ def _save_reliefs(take: Take, entries, footage: Footage, offset: int, options) -
                              scene_frames=[offset + int(i) for i, _ in entries])
 
 
+def overlay_folder(options: SceneOptions, footage_path: str) -> Path:
+    """A fresh folder in the cache for one job's part overlay PNGs."""
+    from .preferences import default_cache_dir
+
+    root = Path(options.relief_cache_dir or default_cache_dir()).expanduser().resolve()
+    safe = "".join(c if c.isalnum() else "_" for c in Path(footage_path).stem)
+    return root / "overlay" / f"{safe}-{time.time_ns()}"
+
+
+def still_overlay(result, image: int, options: SceneOptions):
+    """The part overlay of input image ``image`` of an ImagesResult, written to the cache."""
+    from ..dpose_core.overlay_frames import OverlaySequence, overlay_file, write_still_overlay
+
+    rows = result.rows_of_image(image)
+    folder = overlay_folder(options, str(result.paths[image]))
+    folder.mkdir(parents=True, exist_ok=True)
+    size = tuple(int(v) for v in result.estimate.image_size[rows[0]])
+    write_still_overlay(overlay_file(folder, 0), result.estimate, rows, size)
+    return OverlaySequence(folder, 0, 0)
+
+
+def overlay_writer(options: SceneOptions, footage_path):
+    """The frame hook writing a video job's part overlay (SceneOptions.part_overlay), or
+    None; its finish() is the OverlaySequence to pass to build_scene."""
+    if not options.part_overlay:
+        return None
+    from ..dpose_core.overlay_frames import PartOverlayWriter
+
+    return PartOverlayWriter(overlay_folder(options, str(footage_path)))
+
+
 # ------------------------------------------------------------ pipeline results -> takes
 def takes_from_images(result, image: int, fps: float, *, with_relief: bool) -> list[Take]:
     """The people of input image ``image`` of a ``pipeline.ImagesResult``, largest first.
@@ -262,6 +309,9 @@ def takes_from_images(result, image: int, fps: float, *, with_relief: bool) -> l
     for k, row in enumerate(rows):
         one = result.estimate.select(int(row))
         motion = Motion.from_estimate(one, fps=fps, frame_indices=np.array([0]))
+        if result.scores is not None:  # the crop's part agreement, keyed like a video's
+            motion = motion.replace(part_iou=result.scores.part_iou[[row]],
+                                    silhouette_iou=result.scores.silhouette_iou[[row]])
         reliefs = [(0, relief_frame_from_estimate(one, 0))] if with_relief else []
         takes.append(Take(f"D-PoSE Person {k}", motion, reliefs))
     return takes

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic_io import atomic_write
+from .constants import NUM_PART_CLASSES
 from .errors import DPoseError
 from .rotations import matrix_to_quaternion
 from .sequence import RawTrack
@@ -36,7 +37,11 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # zip entries carry no wall-clock time
 _TRACK_ARRAYS = {"frames": ((), np.int64), "rotmats": ((NUM_PREDICTED_JOINTS, 3, 3), np.float32),
                  "cam_t": ((3,), np.float32), "betas": ((NUM_BETAS,), np.float32),
                  "boxes": ((4,), np.float32), "focal": ((2,), np.float32),
-                 "principal": ((2,), np.float32), "confidence": ((), np.float32)}
+                 "principal": ((2,), np.float32), "confidence": ((), np.float32),
+                 "part_iou": ((NUM_PART_CLASSES,), np.float32),
+                 "silhouette_iou": ((), np.float32)}
+# Columns a chunk written before they existed lacks: read as NaN (not scored).
+_OPTIONAL_TRACK_ARRAYS = ("part_iou", "silhouette_iou")
 
 
 class ChunkError(DPoseError):
@@ -126,7 +131,8 @@ def read_chunk(path: str | os.PathLike) -> ChunkSolve:
             for k in range(int(data["num_tracks"])):
                 tracks.append(RawTrack(**{
                     name: data[f"track{k}_{name}"].astype(dtype if name == "frames" else np.float32)
-                    for name, (_, dtype) in _TRACK_ARRAYS.items()}))
+                    for name, (_, dtype) in _TRACK_ARRAYS.items()
+                    if name not in _OPTIONAL_TRACK_ARRAYS or f"track{k}_{name}" in data.files}))
             return ChunkSolve(
                 own_start=int(own[0]), own_end=int(own[1]), frames=data["frames"].astype(np.int64),
                 fps=float(data["fps"]), image_size=data["image_size"].astype(np.float64),

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DPoseError
+from .evidence_report import DEFAULT_LOW_PART_IOU
 from .farm_progress import STYLES as FARM_STYLES
 from .farm_progress import FarmProgress
 from .frames import DEFAULT_FOLDER_FPS
@@ -132,13 +133,16 @@ def run_options(args: argparse.Namespace):
     """The pipeline's RunOptions for `dpose estimate`'s arguments (one meaning per option)."""
     from .pipeline import RunOptions
 
+    evidence = [args.report] if args.report else []
+    if args.overlay:  # every file --overlay writes: never an input, never twice
+        evidence += overlay_paths(args.overlay, len(args.inputs))
     return RunOptions(
-        inputs=args.inputs, outputs=[args.output] if args.output else [],
+        inputs=args.inputs, outputs=([args.output] if args.output else []) + evidence,
         checkpoint=args.checkpoint, body_model=args.body_model, backend=args.backend,
         device=args.device, batch=args.batch, person=args.person, bbox=args.bbox or (),
         focal_px=args.focal, fov_deg=args.fov, smooth=args.smooth, start=args.start,
         end=args.end, stride=args.stride, fps=args.fps, chunk_overlap=args.chunk_overlap,
-        strict=args.strict,
+        strict=args.strict, part_scores=not args.no_part_scores,
     )
 
 
@@ -151,10 +155,63 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         raise DPoseError("Video and folder inputs write a motion file: pass -o motion.npz.")
     if suffix is not None and suffix not in (".json", ".npz"):
         raise DPoseError(f"Output must end in .json or .npz, got {args.output}.")
+    _check_evidence_options(args, video)
     options = run_options(args)
     options.validate()
-    _prepare_output(args.output)
+    for path in (args.output, args.report, args.overlay):
+        _prepare_output(path)
     return _estimate_video(options, args) if video else _estimate_images(options, args)
+
+
+def _check_report_option(args: argparse.Namespace) -> None:
+    from .evidence_report import check_threshold
+
+    check_threshold(args.low_part_iou)
+    if args.report is not None and Path(args.report).suffix.lower() != ".json":
+        raise DPoseError(f"--report writes JSON: give a .json path, got {args.report}.")
+
+
+def _check_evidence_options(args: argparse.Namespace, video: bool) -> None:
+    """--report / --overlay / --low-part-iou refused in one line before any work."""
+    _check_report_option(args)
+    if args.report is not None and args.chunk_overlap is not None:
+        raise DPoseError("A chunk holds raw solves, not motion: pass --report to dpose merge.")
+    if args.overlay is None:
+        return
+    if video:
+        raise DPoseError("--overlay draws over photos; for a video or folder, open the motion "
+                         "in Blender and tick Part Overlay (or headless.py --overlay).")
+    if Path(args.overlay).suffix.lower() != ".png":
+        raise DPoseError(f"--overlay writes a PNG: give a .png path, got {args.overlay}.")
+
+
+def overlay_paths(overlay: str | os.PathLike, count: int) -> list[Path]:
+    """out.png for one image; out_0.png, out_1.png ... (input order) for several."""
+    overlay = Path(overlay)
+    if count == 1:
+        return [overlay]
+    return [overlay.with_name(f"{overlay.stem}_{k}{overlay.suffix}") for k in range(count)]
+
+
+def _write_overlays(result, overlay: str) -> None:
+    """The part map and skeleton over each input image that gave a person (overlay.py)."""
+    from .frames import read_image
+    from .overlay import overlay_estimate, write_png
+
+    paths = overlay_paths(overlay, len(result.paths))
+    for k, source in enumerate(result.paths):
+        if len(result.rows_of_image(k)) == 0:
+            continue  # skipped image: already reported
+        write_png(paths[k], overlay_estimate(read_image(source), result.estimate, k))
+        print(f"wrote {paths[k]}: part map and skeleton over {source}", file=sys.stderr)
+
+
+def _write_evidence_report(args: argparse.Namespace, section: dict) -> None:
+    """--report: the run's part-agreement section, written atomically."""
+    from .evidence_report import write_report_json
+
+    write_report_json(args.report, {"part_agreement": section})
+    print(f"wrote {args.report}: part agreement report", file=sys.stderr)
 
 
 def _estimate_images(options, args: argparse.Namespace) -> int:
@@ -183,6 +240,12 @@ def _estimate_images(options, args: argparse.Namespace) -> int:
             write_text(args.output, text)
     else:
         write_npz(args.output, {**meta, **payload}, compressed=True)
+    if args.report is not None:
+        from .evidence_report import images_section
+
+        _write_evidence_report(args, images_section(result, args.low_part_iou))
+    if args.overlay is not None:
+        _write_overlays(result, args.overlay)
     if args.output is not None:
         print(f"wrote {args.output}: {len(result)} person crop(s) in {len(result.paths)} "
               f"image(s) [{estimator.backend} on {estimator.device}]", file=sys.stderr)
@@ -238,6 +301,10 @@ def _finish_video(result, args: argparse.Namespace, bar) -> int:
         for track, path in save_tracks(result, args.output).items():
             print(f"dpose: track {track}: {len(result.tracks[track])} frames "
                   f"({result.rows_fps:g} per second) -> {path}")
+        if args.report is not None:
+            from .evidence_report import tracks_section
+
+            _write_evidence_report(args, tracks_section(result.tracks, args.low_part_iou))
     skipped = result.problem_frames(interpolated=False)
     if skipped:
         print(f"dpose: {len(skipped)} of {result.frames_processed} frames skipped or unsolved "
@@ -264,11 +331,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     if Path(args.output).suffix.lower() != ".npz":
         raise DPoseError(f"The merge writes motion files: pass -o motion.npz, got {args.output}.")
-    _prepare_output(args.output)
+    _check_report_option(args)
+    outputs = [p for p in (args.output, args.report) if p]
+    for path in outputs:
+        _prepare_output(path)
     bar = _Progress(0, "merge", "frame", args.progress)  # no per-frame work: no bar
     options = RunOptions(person=args.person, smooth=args.smooth, strict=args.strict)
     result = merge_video(args.chunks, options, frames=args.frames, allow_gaps=args.allow_gaps,
-                         outputs=[args.output], warn=_warn_through(bar))
+                         outputs=outputs, warn=_warn_through(bar))
     return _finish_video(result, args, bar)
 
 
@@ -493,6 +563,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-overlap", type=int, metavar="K",
                    help="farm: write -o as a chunk of raw solves of frames --start..--end, "
                    "also solving K frames before --start (merge chunks with dpose merge)")
+    _report_arguments(p)
+    p.add_argument("--no-part-scores", action="store_true",
+                   help="do not score the solve against the network's part map (saves ~3%% of "
+                   "the network time; motion files then carry no dpose_part_iou)")
+    p.add_argument("--overlay", metavar="OUT.png",
+                   help="images: write the part map over the photo with the solved skeleton on "
+                   "top (several images: OUT_0.png, OUT_1.png ...)")
     _farm_arguments(p)
     p.set_defaults(func=cmd_estimate)
 
@@ -507,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--person", default="all", help="'all', 'largest' or a track number")
     p.add_argument("--smooth", type=float, default=DEFAULT_SMOOTH,
                    help="smoothing strength: 0 off, 1 default, 2 twice as smooth")
+    _report_arguments(p)
     _farm_arguments(p)
     p.set_defaults(func=cmd_merge)
 
@@ -517,6 +595,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body-model", help="SMPL-X model file (default: the checkpoint's own)")
     p.set_defaults(func=cmd_doctor)
     return parser
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report", metavar="R.json",
+                   help="write a quality report: how well each frame's (or crop's) body agrees "
+                   "with the part map the network saw (mean part IoU, silhouette IoU, per-part "
+                   "IoU, the low frames)")
+    p.add_argument("--low-part-iou", type=float, default=DEFAULT_LOW_PART_IOU, metavar="X",
+                   help="frames whose mean part IoU is below X are listed as low in the report "
+                   f"(default {DEFAULT_LOW_PART_IOU:g})")
 
 
 def _farm_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ input gives the same numbers everywhere.
     video.tracks[0]          # Motion of track 0 (Motion.fps = the source rate)
     video.tracker_ids[0]     # its id in FrameResult.people (on_frame)
     video.maps[0]            # [(source frame, kept maps)] with keep_maps
+    video.tracks[0].part_iou # (N,23) agreement with the network's part map (part_scores)
     save_tracks(video, "motion.npz")      # one file per track, written atomically
     images = estimate_images(RunOptions(inputs=["a.jpg", "b.jpg"]).validate())
     images.estimate          # Estimate, one row per person; image_index -> images.paths
@@ -21,9 +22,10 @@ Public API:
     estimate_images(options, *, estimator=None, progress=None, cancel=None, warn=None,
                     finder=None) -> ImagesResult
     estimate_video(options, *, estimator=None, progress=None, cancel=None, on_frame=None,
-                   warn=None, keep_maps=False, finder=None) -> VideoResult
+                   warn=None, keep_maps=False, finder=None, frame_maps=None) -> VideoResult
     save_tracks(result, output) -> dict[int, Path]
     select_people(boxes, person) -> indices; is_video_input(path) -> bool
+    part_scorer(body_model) -> sequence.PartScorer
 Callbacks: progress(done, total) after each image/frame (total 0 when unknown);
 warn(text) for one-line notices (a skipped image or frame, once each; nobody found yet);
 cancel: a threading.Event, checked between images/frames.
@@ -122,6 +124,7 @@ class RunOptions:
     max_gap: int = DEFAULT_MAX_GAP
     chunk_overlap: int | None = None
     strict: bool = False
+    part_scores: bool = True
     # Run state, not options (so dataclasses.asdict leaves them out): set by validate().
     _valid: ClassVar[bool] = False
     _loaded_body_model: ClassVar[Any] = None
@@ -196,6 +199,8 @@ class RunOptions:
                              f"{self.low_confidence}.")
         if self.max_gap < 0:
             raise DPoseError(f"max_gap must be 0 or more frames, got {self.max_gap}.")
+        if not isinstance(self.part_scores, bool | np.bool_):
+            raise DPoseError(f"part_scores must be True or False, got {self.part_scores!r}.")
         if self.chunk_overlap is not None:
             if not isinstance(self.chunk_overlap, int | np.integer) or self.chunk_overlap < 0:
                 raise DPoseError(f"--chunk-overlap must be 0 or more frames, got "
@@ -373,6 +378,27 @@ def _checked(estimator) -> _CheckedEstimator:
     return estimator if isinstance(estimator, _CheckedEstimator) else _CheckedEstimator(estimator)
 
 
+def part_scorer(body_model):
+    """sequence.PartScorer of a body model: scores (k, 24) of some crops of an Estimate,
+    23 part IoUs then the silhouette IoU (part_agreement), while their part map exists."""
+    from .part_agreement import part_agreement_arrays
+
+    def score(estimate, rows: list[int]) -> np.ndarray:
+        scores = part_agreement_arrays(
+            body_model, estimate.rotmats[rows], estimate.betas[rows], estimate.cam_t[rows],
+            estimate.focal_px[rows], estimate.principal_point[rows], estimate.crop_box[rows],
+            estimate.part_labels[rows])
+        return np.column_stack([scores.part_iou, scores.silhouette_iou])
+
+    return score
+
+
+def _body_model_to_score(options: RunOptions, net):
+    """The body model that scores part agreement, or None: scoring off, or a network
+    stand-in without one."""
+    return getattr(net, "body_model", None) if options.part_scores else None
+
+
 def _focal(options: RunOptions, width: int, height: int) -> float | None:
     if options.fov_deg is not None:
         return focal_from_fov((width, height), options.fov_deg)
@@ -439,6 +465,7 @@ class ImagesResult:
     (xyxy px: --bbox as given, or the finder's); confidence (K,) in [0,1]; sources (K,) how
     each person was found ("manual", "segmentation", "full-frame", ...); skipped: images that
     gave nothing (unreadable, box outside, no such person), each also reported once by warn.
+    scores: part_agreement.AgreementScores per row (None when RunOptions.part_scores is off).
     """
 
     estimate: Any
@@ -449,6 +476,7 @@ class ImagesResult:
     skipped: list[ImageSkip]
     backend: str = ""
     device: str = ""
+    scores: Any = None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -551,11 +579,18 @@ def estimate_images(options: RunOptions, *, estimator=None, progress: Progress |
         estimates.append(est)
     merged = Estimate(**{f.name: np.concatenate([getattr(e, f.name) for e in estimates])
                          for f in dataclasses.fields(Estimate)})
+    body_model = _body_model_to_score(options, net)
+    scores = None
+    if body_model is not None:
+        from .part_agreement import part_agreement
+
+        scores = part_agreement(merged, body_model)
     return ImagesResult(
         estimate=merged, boxes=np.stack([r[1] for r in rows]),
         confidence=np.array([r[2] for r in rows], dtype=np.float64),
         sources=[r[3] for r in rows], paths=paths, skipped=skipped,
-        backend=str(getattr(net, "backend", "")), device=str(getattr(net, "device", "")))
+        backend=str(getattr(net, "backend", "")), device=str(getattr(net, "device", "")),
+        scores=scores)
 
 
 def _people_in_image(image, path, user_boxes, net, finders, focal, make_finder):
@@ -643,13 +678,15 @@ def _slim(estimate, row: int):
 def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | None = None,
                    cancel: threading.Event | None = None, on_frame: Callable | None = None,
                    warn: Warn | None = None, keep_maps: bool | Callable = False,
-                   finder=None) -> VideoResult:
+                   finder=None, frame_maps: Callable | None = None) -> VideoResult:
     """Every person's motion over one video or image folder.
 
     on_frame(sequence.FrameResult) after each frame (failed ones too). keep_maps: False (no
     per-pixel data: memory stays flat), True (each person-frame's Estimate without the logits:
     depth, part_labels, crop_box, camera), or a function (estimate, row) -> anything, whose
-    result is kept instead (e.g. a subsampled depth relief). finder: a person finder to use
+    result is kept instead (e.g. a subsampled depth relief). frame_maps(FrameResult): called
+    after each frame with its people's Estimates, nothing kept (e.g. a
+    overlay_frames.PartOverlayWriter writing the part map to disk). finder: a person finder to use
     instead of the default (--bbox box, else segmentation refinement with OpenCV proposals).
     When nobody has been found in the first NOBODY_WARNING_FRAMES frames, warn says so at once.
     Cancelling returns the frames done so far. Raises NoPersonError when the run ends with
@@ -706,15 +743,19 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
                 data = (keep_maps(person.estimate, person.row) if callable(keep_maps)
                         else _slim(person.estimate, person.row))
                 maps[key] = (person.confidence, data)
+        if frame_maps is not None:
+            frame_maps(frame)
         if on_frame is not None:
             on_frame(frame)
 
+    body_model = _body_model_to_score(options, net)
     started = time.perf_counter()
     seq = estimate_sequence(  # every track: a missing one is told apart from a failed run below
         frames, net, finder=finder, person="all", smooth=options.smooth, progress=progress,
         cancel=cancel, on_frame=frame_done, focal_px=focal, max_gap=options.max_gap,
         min_track_frames=min_frames, low_confidence=options.low_confidence,
-        frame_estimates=bool(keep_maps))
+        frame_estimates=bool(keep_maps) or frame_maps is not None,
+        part_scorer=None if body_model is None else part_scorer(body_model))
     tracks = {int(k): m for k, m in seq.items()}
     if options.person == "largest":
         tracks = _largest_track(tracks)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .constants import NUM_PART_CLASSES
 from .errors import DPoseError, NoPersonError
 from .frames import FrameSource, open_frames
 from .localise import Detection, PersonFinder, crop_evidence, make_finder
@@ -31,6 +32,11 @@ from .tracking import Tracker
 DEFAULT_LOW_CONFIDENCE = 0.3  # frames below this are replaced by interpolation and flagged
 DEFAULT_MAX_GAP = 15  # frames a person may vanish (occlusion) and keep their track
 MIN_TRACK_FRAMES = 3  # shorter tracks of found people are dropped as noise
+SCORE_WIDTH = NUM_PART_CLASSES + 1  # a person-frame's scores: 23 part IoUs, silhouette IoU
+
+# part_scorer(estimate, rows) -> (len(rows), SCORE_WIDTH) float: scores of those crops while
+# the network's part map still exists (pipeline.part_scorer); only these numbers are kept.
+PartScorer = Callable[[Any, list[int]], np.ndarray]
 
 
 @dataclass
@@ -81,9 +87,20 @@ class RawTrack:
     focal: np.ndarray  # (n,2) px
     principal: np.ndarray  # (n,2) px
     confidence: np.ndarray  # (n,)
+    # How well each raw solve agrees with the network's part map (part_agreement): per-part
+    # IoU (n,23) and silhouette IoU (n,); NaN where not scored (scoring off, nothing drawn).
+    part_iou: np.ndarray | None = None
+    silhouette_iou: np.ndarray | None = None
 
     FIELDS = ("frames", "rotmats", "cam_t", "betas", "boxes", "focal", "principal",
-              "confidence")
+              "confidence", "part_iou", "silhouette_iou")
+
+    def __post_init__(self) -> None:
+        n = len(self.frames)
+        if self.part_iou is None:
+            self.part_iou = np.full((n, NUM_PART_CLASSES), np.nan, np.float32)
+        if self.silhouette_iou is None:
+            self.silhouette_iou = np.full(n, np.nan, np.float32)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -141,10 +158,10 @@ class _Rows:
 
 
 class _TrackBuffer:
-    """Per-frame numbers of one track (~0.9 kB a frame, float32; no images, no maps)."""
+    """Per-frame numbers of one track (~1 kB a frame, float32; no images, no maps)."""
 
     FIELDS = {"rotmats": NUM_PREDICTED_JOINTS * 9, "cam_t": 3, "betas": NUM_BETAS, "box": 4,
-              "focal": 2, "principal": 2, "confidence": 1}
+              "focal": 2, "principal": 2, "confidence": 1, "scores": SCORE_WIDTH}
 
     def __init__(self):
         self.steps: list[int] = []
@@ -152,11 +169,13 @@ class _TrackBuffer:
         self.image_size: np.ndarray | None = None
         self._last_confidence = 0.0
 
-    def add(self, step: int, estimate, row: int, box: np.ndarray, confidence: float) -> None:
+    def add(self, step: int, estimate, row: int, box: np.ndarray, confidence: float,
+            scores: np.ndarray | None = None) -> None:
         values = {
             "rotmats": estimate.rotmats[row], "cam_t": estimate.cam_t[row],
             "betas": estimate.betas[row], "box": box, "focal": estimate.focal_px[row],
             "principal": estimate.principal_point[row], "confidence": confidence,
+            "scores": np.full(SCORE_WIDTH, np.nan) if scores is None else scores,
         }
         if self.steps and self.steps[-1] == step:  # two boxes of one frame on one track
             if confidence > self._last_confidence:  # keep the better one
@@ -175,12 +194,14 @@ class _TrackBuffer:
         return self.rows[name].array()
 
     def raw(self, step_index: np.ndarray) -> RawTrack:
+        scores = self.column("scores")
         return RawTrack(
             frames=step_index[np.asarray(self.steps, np.int64)],
             rotmats=self.column("rotmats").reshape(-1, NUM_PREDICTED_JOINTS, 3, 3),
             cam_t=self.column("cam_t"), betas=self.column("betas"), boxes=self.column("box"),
             focal=self.column("focal"), principal=self.column("principal"),
-            confidence=self.column("confidence")[:, 0])
+            confidence=self.column("confidence")[:, 0],
+            part_iou=scores[:, :NUM_PART_CLASSES], silhouette_iou=scores[:, NUM_PART_CLASSES])
 
 
 def _person_confidence(det: Detection, estimate, row: int, finder_ran_network: bool) -> float:
@@ -228,10 +249,17 @@ def _build_motion(track: RawTrack, frames: np.ndarray, fps: float, smooth: float
     transl = smooth_translation(transl, times, smooth)
     good_obs = good[pos]
     betas = robust_mean_betas(track.betas[good_obs], confidence[good_obs])
-    return Motion.from_predictions(
+    motion = Motion.from_predictions(
         rot, transl, betas, fps, confidence=conf, frame_indices=frame_indices,
         boxes=interp(track.boxes), focal_px=interp(track.focal),
         principal_point=interp(track.principal), image_size=image_size, flags=flags)
+    if np.isfinite(track.silhouette_iou).any():  # scored: interpolated frames stay NaN
+        part_iou = np.full((n, NUM_PART_CLASSES), np.nan)
+        silhouette_iou = np.full(n, np.nan)
+        part_iou[pos[good_obs]] = track.part_iou[good_obs]
+        silhouette_iou[pos[good_obs]] = track.silhouette_iou[good_obs]
+        motion = motion.replace(part_iou=part_iou, silhouette_iou=silhouette_iou)
+    return motion
 
 
 def build_motions(raw_tracks: dict[int, RawTrack], frames: np.ndarray, fps: float, *,
@@ -274,6 +302,7 @@ def estimate_sequence(
     min_track_frames: int = MIN_TRACK_FRAMES,
     low_confidence: float = DEFAULT_LOW_CONFIDENCE,
     frame_estimates: bool = False,
+    part_scorer: PartScorer | None = None,
 ) -> SequenceResult:
     """Estimate every person's motion over a video, image folder or FrameSource.
 
@@ -287,6 +316,8 @@ def estimate_sequence(
     max_gap: frames a person may vanish (occlusion) and keep the id. Frames whose confidence
     is below `low_confidence` are replaced by interpolation and flagged.
     frame_estimates: hand each person's Estimate to on_frame (PersonResult.estimate / row).
+    part_scorer: scores each person-frame against the network's part map while it exists
+    (see PartScorer); the motions then carry part_iou / silhouette_iou, NaN where filled.
     Returns a SequenceResult (dict track id -> Motion) with .failures, .frames_processed,
     .cancelled; frame errors are reported there, never raised.
     """
@@ -315,7 +346,7 @@ def estimate_sequence(
         else:
             try:
                 frame.people = _process_frame(record.image, step, estimator, finder, tracker,
-                                              buffers, focal_px, frame_estimates)
+                                              buffers, focal_px, frame_estimates, part_scorer)
             except DPoseError as exc:  # says itself what went wrong
                 frame.error = f"Frame {record.index}: {exc}"
             except Exception as exc:  # one bad frame must not end a long job: report it
@@ -350,7 +381,8 @@ def estimate_sequence(
 
 
 def _process_frame(image, step, estimator, finder, tracker, buffers, focal_px,
-                   frame_estimates: bool = False) -> list[PersonResult]:
+                   frame_estimates: bool = False,
+                   part_scorer: PartScorer | None = None) -> list[PersonResult]:
     hints = list(tracker.predicted_boxes(step).values())
     detections = finder.find(image, hints)
     if not detections:
@@ -363,16 +395,30 @@ def _process_frame(image, step, estimator, finder, tracker, buffers, focal_px,
                                  focal_px=focal_px)
         for row, k in enumerate(need):
             detections[k].estimate, detections[k].row = est, row
+    scores = _score_detections(detections, part_scorer) if part_scorer is not None else None
     ids = tracker.update(step, np.stack([d.box for d in detections]))
     people = []
-    for det, tid, ran in zip(detections, ids, finder_ran_network, strict=True):
+    for k, (det, tid, ran) in enumerate(zip(detections, ids, finder_ran_network, strict=True)):
         conf = _person_confidence(det, det.estimate, det.row, ran)
-        buffers.setdefault(tid, _TrackBuffer()).add(step, det.estimate, det.row, det.box, conf)
+        buffers.setdefault(tid, _TrackBuffer()).add(
+            step, det.estimate, det.row, det.box, conf, None if scores is None else scores[k])
         person = PersonResult(tid, np.asarray(det.box, float), conf, det.source)
         if frame_estimates:
             person.estimate, person.row = det.estimate, det.row
         people.append(person)
     return people
+
+
+def _score_detections(detections: list[Detection], part_scorer: PartScorer) -> np.ndarray:
+    """(len(detections), SCORE_WIDTH) scores, one scorer call per network pass of the frame."""
+    scores = np.full((len(detections), SCORE_WIDTH), np.nan)
+    passes: dict[int, list[int]] = {}  # id(estimate) -> detections it holds
+    for k, det in enumerate(detections):
+        passes.setdefault(id(det.estimate), []).append(k)
+    for ks in passes.values():
+        estimate = detections[ks[0]].estimate
+        scores[ks] = part_scorer(estimate, [detections[k].row for k in ks])
+    return scores
 
 
 def track_output_paths(output: str | Path, track_ids: list[int]) -> dict[int, Path]:

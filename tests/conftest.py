@@ -15,13 +15,29 @@ os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="dpose-b
 
 
 @pytest.fixture(scope="session")
-def body_model_npz(tmp_path_factory) -> Path:
-    """A synthetic SMPLX_NEUTRAL.npz: real array shapes and kinematic tree, random values."""
-    from tests.synth_body import write_synthetic_smplx_npz
+def body_model_npz(tmp_path_factory, blob_body_npz) -> Path:
+    """A synthetic SMPLX_NEUTRAL.npz: real array shapes and kinematic tree, random values.
+
+    Its surface is synth_tube_body's bone tubes (betas move its joints as they move
+    synth_body's; synth_body's random pose blend shapes), so
+    part agreement, scored in every run, renders it as fast as the real mesh.
+    """
+    from tests.synth_tube_body import write_tube_smplx_npz
 
     path = tmp_path_factory.mktemp("body") / "SMPLX_NEUTRAL.npz"
-    write_synthetic_smplx_npz(path, seed=0)
+    write_tube_smplx_npz(path, blob_body_npz, blend_shapes=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def blob_body_npz(tmp_path_factory) -> Path:
+    """synth_body's own SMPLX_NEUTRAL.npz (vertex blobs around the joints, random faces): the
+    skeleton and shape space body_model_npz is built on, and the foot geometry the synthetic
+    walk (tests/synth_walk.py) was tuned on. Too slow to render: never score it."""
+    from tests.synth_body import write_synthetic_smplx_npz
+
+    return write_synthetic_smplx_npz(tmp_path_factory.mktemp("blob") / "SMPLX_NEUTRAL.npz",
+                                     seed=0)
 
 
 @pytest.fixture(scope="session")

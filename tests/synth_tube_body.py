@@ -128,19 +128,29 @@ def tube_body_from_npz(body_model_npz) -> BodyModel:
     return tube_body_model(source.rest_joints(np.zeros(11)))
 
 
-def write_tube_smplx_npz(path, body_model_npz) -> Path:
+def write_tube_smplx_npz(path, body_model_npz, blend_shapes: bool = False) -> Path:
     """The tube body as an SMPLX_NEUTRAL.npz (same keys as synth_body writes), e.g. to build a
     random checkpoint whose body renders sensibly: `write_random_checkpoint(ckpt, path)`.
 
     Scoring part agreement on synth_body itself is slow (its random faces span the whole body,
     ~50 M pixel fragments per crop); on this body it costs what it does on real SMPL-X.
+    blend_shapes: betas move the joints exactly as they move the source's (the joint
+    vertices get the source's regressed joint shape directions, each tube vertex those of its
+    joints by its skinning weights) and the source's random pose blend shapes are kept, so
+    betas and pose correctives still change the mesh (what tests comparing with the `smplx`
+    package need); by default both are zero and only skinning moves the tubes.
     """
     data = dict(np.load(body_model_npz, allow_pickle=False))
     body = tube_body_from_npz(body_model_npz)
+    if blend_shapes:
+        shapedirs = data["shapedirs"]
+        joint_dirs = np.einsum("jv,vkl->jkl", data["J_regressor"], shapedirs)  # (55,3,B)
+        data["shapedirs"] = np.einsum("vj,jkl->vkl", body.lbs_weights, joint_dirs)
+    else:
+        data.update(shapedirs=np.zeros_like(data["shapedirs"]),
+                    posedirs=np.zeros_like(data["posedirs"]))
     data.update(
         v_template=body.v_template,
-        shapedirs=np.zeros_like(data["shapedirs"]),
-        posedirs=np.zeros_like(data["posedirs"]),
         J_regressor=body.J_regressor,
         weights=body.lbs_weights,
         f=body.faces.astype(np.uint32),

@@ -21,8 +21,8 @@ STILL_CAMERA = sw.look_at((1.6, -4.2, 1.9), (1.0, 0.0, 0.8), roll_deg=2.0)
 
 
 @pytest.fixture(scope="module")
-def body_model(body_model_npz):
-    return BodyModel.load(body_model_npz)
+def body_model(blob_body_npz):
+    return BodyModel.load(blob_body_npz)  # the body the synthetic walk was tuned on
 
 
 @pytest.fixture(scope="module")
