@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import bpy
 import pytest
 
 from dpose_core import bone_maps
@@ -18,6 +17,7 @@ from tests.test_headless import HEADLESS, image_folder  # noqa: F401 - a fixture
 from tests.test_retarget_blender import BETAS, build_target
 
 pytestmark = pytest.mark.blender
+bpy = pytest.importorskip("bpy")  # collected, and skipped, where bpy is missing
 
 headless = import_blender_module("headless")
 

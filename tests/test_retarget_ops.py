@@ -4,7 +4,6 @@ input (one report, the scene as it was). The add-on is registered from the repos
 
 import importlib
 
-import bpy
 import numpy as np
 import pytest
 
@@ -21,6 +20,7 @@ from tests.test_retarget_blender import (
 from tests.test_retarget_core import large_motion, standing_motion
 
 pytestmark = pytest.mark.blender
+bpy = pytest.importorskip("bpy")  # collected, and skipped, where bpy is missing
 
 retarget = import_blender_module("retarget")
 retarget_ops = import_blender_module("retarget_ops")
