@@ -1,4 +1,4 @@
-"""`dpose` command line: info, convert, estimate, doctor.
+"""`dpose` command line: info, convert, estimate, merge, refine, doctor.
 
 Errors raised on purpose (`dpose_core.errors`) print one line and exit with status 2; a
 traceback means a bug. Heavy imports (onnxruntime, torch, cv2) happen inside the commands so
@@ -22,7 +22,15 @@ from .errors import DPoseError
 from .farm_progress import STYLES as FARM_STYLES
 from .farm_progress import FarmProgress
 from .frames import DEFAULT_FOLDER_FPS
-from .pipeline import BACKENDS, DEFAULT_BATCH, DEFAULT_SMOOTH, DEVICES
+from .pipeline import (
+    BACKENDS,
+    DEFAULT_BATCH,
+    DEFAULT_FOOT_LOCK,
+    DEFAULT_GROUND,
+    DEFAULT_SMOOTH,
+    DEVICES,
+    GROUND_CHOICES,
+)
 
 EXIT_OK, EXIT_PROBLEM, EXIT_ERROR = 0, 1, 2
 
@@ -133,12 +141,13 @@ def run_options(args: argparse.Namespace):
     from .pipeline import RunOptions
 
     return RunOptions(
-        inputs=args.inputs, outputs=[args.output] if args.output else [],
+        inputs=args.inputs, outputs=[p for p in (args.output, args.report) if p],
         checkpoint=args.checkpoint, body_model=args.body_model, backend=args.backend,
         device=args.device, batch=args.batch, person=args.person, bbox=args.bbox or (),
         focal_px=args.focal, fov_deg=args.fov, smooth=args.smooth, start=args.start,
         end=args.end, stride=args.stride, fps=args.fps, chunk_overlap=args.chunk_overlap,
-        strict=args.strict,
+        strict=args.strict, ground=args.ground, foot_lock=args.foot_lock,
+        subject_height=args.subject_height,
     )
 
 
@@ -151,9 +160,17 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         raise DPoseError("Video and folder inputs write a motion file: pass -o motion.npz.")
     if suffix is not None and suffix not in (".json", ".npz"):
         raise DPoseError(f"Output must end in .json or .npz, got {args.output}.")
+    if args.report is not None and not video:
+        raise DPoseError("--report is written for a video or an image folder (image files "
+                         "give their estimates in -o).")
+    if args.report is not None and args.chunk_overlap is not None:
+        raise DPoseError("--report goes on dpose merge: a chunk holds raw solves, the merge "
+                         "grounds and reports the whole shot.")
+    _check_report_name(args.report)
     options = run_options(args)
     options.validate()
     _prepare_output(args.output)
+    _prepare_output(args.report)
     return _estimate_video(options, args) if video else _estimate_images(options, args)
 
 
@@ -213,7 +230,34 @@ def _estimate_video(options, args: argparse.Namespace) -> int:
                                 progress=bar.progress)
     finally:
         bar.close()
+    if result.chunk is None:
+        _refine(result, estimator.body_model, options, bar)
     return _finish_video(result, args, bar)
+
+
+def _refine(result, body_model, options, bar) -> None:
+    """The pipeline's refine stage (ground, foot locks), once over the whole shot."""
+    from .pipeline import refine_tracks
+
+    if options.ground == "off" or not result.tracks:
+        return
+    bar.status(f"grounding {len(result.tracks)} track(s) (--ground {options.ground})")
+    refine_tracks(result, body_model, options, warn=_warn_through(bar))
+    for track, report in sorted(result.refine_reports.items()):
+        summary = report.summary()
+        bar.write(f"dpose: track {track}: grounded; foot skate "
+                  f"{_mm(summary['skate_mm_per_frame_before'])} -> "
+                  f"{_mm(summary['skate_mm_per_frame'])} mm/frame while in contact, "
+                  f"penetration max {_mm(summary['penetration_mm_max'])} mm", file=sys.stderr)
+
+
+def _mm(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _check_report_name(report: str | None) -> None:
+    if report is not None and Path(report).suffix.lower() != ".json":
+        raise DPoseError(f"The report is JSON: --report must end in .json, got {report}.")
 
 
 def _finish_video(result, args: argparse.Namespace, bar) -> int:
@@ -238,6 +282,15 @@ def _finish_video(result, args: argparse.Namespace, bar) -> int:
         for track, path in save_tracks(result, args.output).items():
             print(f"dpose: track {track}: {len(result.tracks[track])} frames "
                   f"({result.rows_fps:g} per second) -> {path}")
+    if getattr(args, "report", None):
+        from .report import build_report, write_report
+
+        write_report(args.report, build_report(result))
+        print(f"dpose: quality report -> {args.report}")
+    if result.not_refined:
+        print(f"dpose: {len(result.not_refined)} track(s) not grounded, written in the camera "
+              "frame (said above)", file=sys.stderr)  # fmt: skip
+        return EXIT_PROBLEM
     if result.failures or result.gaps:
         print(f"dpose: {len(problems)} of {result.frames_processed} frames skipped or "
               "unsolved (listed above)", file=sys.stderr)  # fmt: skip
@@ -259,16 +312,68 @@ def _parse_frames(text: str) -> tuple[int, int]:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """`dpose merge chunk_*.npz -o motion.npz`: farm chunks -> one shot's motion files."""
-    from .pipeline import RunOptions, merge_video
+    from .pipeline import RunOptions, check_refine_options, merge_video, open_body_model
 
     if Path(args.output).suffix.lower() != ".npz":
         raise DPoseError(f"The merge writes motion files: pass -o motion.npz, got {args.output}.")
+    _check_report_name(args.report)
+    options = RunOptions(person=args.person, smooth=args.smooth, strict=args.strict,
+                         checkpoint=args.checkpoint, body_model=args.body_model,
+                         ground=args.ground, foot_lock=args.foot_lock,
+                         subject_height=args.subject_height)
+    check_refine_options(options)
     _prepare_output(args.output)
+    _prepare_output(args.report)
     bar = _Progress(None, "merge", "frame", args.progress)
-    options = RunOptions(person=args.person, smooth=args.smooth, strict=args.strict)
+    outputs = [p for p in (args.output, args.report) if p]
+    body_model = None
+    if options.ground != "off":  # checked before the merge: a wrong model fails at once
+        from .refine import check_body_model
+
+        body_model = open_body_model(options)
+        check_body_model(body_model)
     result = merge_video(args.chunks, options, frames=args.frames, allow_gaps=args.allow_gaps,
-                         outputs=[args.output], warn=_warn_through(bar))
+                         outputs=outputs, warn=_warn_through(bar))
+    _refine(result, body_model, options, bar)
     return _finish_video(result, args, bar)
+
+
+# ---------------------------------------------------------------------------- refine
+def cmd_refine(args: argparse.Namespace) -> int:
+    """`dpose refine MOTION.npz -o OUT.npz`: ground, lock and steady a motion file."""
+    from .motion_io import load_motion_npz
+    from .pipeline import RunOptions, _check_outputs, check_refine_options
+    from .refine import refine_file
+    from .report import build_report, write_report
+
+    _check_report_name(args.report)
+    check_refine_options(RunOptions(ground=args.ground, foot_lock=args.foot_lock,
+                                    subject_height=args.subject_height))
+    if args.ground == "off":
+        raise DPoseError("dpose refine grounds a motion: use --ground auto or none.")
+    inputs = [Path(p) for p in (args.motion, args.checkpoint, args.body_model) if p]
+    outputs = [Path(p) for p in (args.output, args.report) if p]
+    _check_outputs(inputs, outputs, video=False)
+    if not Path(args.motion).is_file():
+        raise DPoseError(f"The motion file {args.motion} does not exist.")
+    _prepare_output(args.output)
+    _prepare_output(args.report)
+    report = refine_file(args.motion, args.output, checkpoint=args.checkpoint,
+                         body_model=args.body_model, ground=args.ground,
+                         foot_lock=args.foot_lock, subject_height=args.subject_height)
+    summary = report.summary()
+    print(f"dpose: {report.frames} frame(s) grounded (--ground {args.ground}); foot skate "
+          f"{_mm(summary['skate_mm_per_frame_before'])} -> {_mm(summary['skate_mm_per_frame'])} "
+          f"mm/frame while in contact, penetration max {_mm(summary['penetration_mm_max'])} mm "
+          f"-> {args.output}")
+    for note in report.notes:
+        print(f"dpose: note: {note}", file=sys.stderr)
+    if args.report:
+        name = Path(args.motion).stem
+        write_report(args.report, build_report({name: load_motion_npz(args.output)},
+                                               {name: report}))
+        print(f"dpose: quality report -> {args.report}")
+    return EXIT_OK
 
 
 def _warn_through(bar):
@@ -482,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-overlap", type=int, metavar="K",
                    help="farm: write -o as a chunk of raw solves of frames --start..--end, "
                    "also solving K frames before --start (merge chunks with dpose merge)")
+    _ground_arguments(p, off=True)
     _farm_arguments(p)
     p.set_defaults(func=cmd_estimate)
 
@@ -496,14 +602,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--person", default="all", help="'all', 'largest' or a track number")
     p.add_argument("--smooth", type=float, default=DEFAULT_SMOOTH,
                    help="smoothing strength: 0 off, 1 default, 2 twice as smooth")
+    p.add_argument("--checkpoint", help="paper_arxiv.ckpt: its SMPL-X body grounds the shot "
+                   "(default: $DPOSE_CHECKPOINT)")
+    p.add_argument("--body-model", help="SMPL-X model file instead of the checkpoint's own")
+    _ground_arguments(p, off=True)
     _farm_arguments(p)
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("refine", help="ground a motion .npz: world Z up, floor at Z = 0, foot "
+                       "contacts and locks, a steady root")
+    p.add_argument("motion", help="SMPL-X motion .npz in the camera frame (dpose estimate's, "
+                   "or a refined one, refined again from its camera)")
+    p.add_argument("-o", "--output", required=True, help="the grounded motion .npz")
+    p.add_argument("--checkpoint", help="paper_arxiv.ckpt, for its SMPL-X body model")
+    p.add_argument("--body-model", help="SMPL-X model file (instead of --checkpoint)")
+    _ground_arguments(p, off=False)
+    p.set_defaults(func=cmd_refine)
 
     p = sub.add_parser("doctor", help="check the installation, checkpoint and body model")
     p.add_argument("--checkpoint", help="paper_arxiv.ckpt (default: $DPOSE_CHECKPOINT)")
     p.add_argument("--body-model", help="SMPL-X model file (default: the checkpoint's own)")
     p.set_defaults(func=cmd_doctor)
     return parser
+
+
+def _parse_unit(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _ground_arguments(p: argparse.ArgumentParser, *, off: bool) -> None:
+    choices = GROUND_CHOICES if off else tuple(c for c in GROUND_CHOICES if c != "off")
+    p.add_argument("--ground", choices=choices, default=DEFAULT_GROUND,
+                   help="auto: a Z-up world with the floor found at Z = 0 (default); none: "
+                   "Z-up at the camera's level, no floor"
+                   + ("; off: camera-frame motion, as the network gives it" if off else ""))
+    p.add_argument("--foot-lock", type=_parse_unit, default=DEFAULT_FOOT_LOCK, metavar="0..1",
+                   help="hold contacting heels and toes still: 0 off, 1 fixed (default)")
+    p.add_argument("--subject-height", type=_parse_unit, metavar="METRES",
+                   help="the person's standing height: rescales the body and the scene")
+    p.add_argument("--report", metavar="R.json",
+                   help="write the quality report (per frame: confidence, contacts, foot "
+                   "skate, float, penetration, 2D residual) as JSON")
 
 
 def _farm_arguments(p: argparse.ArgumentParser) -> None:
