@@ -41,6 +41,7 @@ class Take:
     label: str
     motion: Motion
     reliefs: list[tuple[int, DepthReliefFrame]] = field(default_factory=list)
+    report: object = None  # the refine stage's RefineReport, when it grounded the motion
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class SceneOptions:
     collection_name: str | None = None  # None: straight into the scene collection
     set_scene_timing: bool = True  # scene fps and frame range follow the first new rig
     relief_cache_dir: str | None = None  # where a sequence's per-frame relief is kept
+    add_floor: bool = False  # grounded motion: a plane at Z = 0 (world_setup.floor_plane)
 
 
 def frame_offset(options: SceneOptions, footage: Footage | None) -> int:
@@ -141,7 +143,7 @@ def _target_rig(name: str | None):
 def _build(scene, takes, body_model, options, footage, record, target) -> list:
     import bpy
 
-    from . import keyframes, motion_import, provenance
+    from . import keyframes, motion_import, provenance, world_setup
 
     offset = frame_offset(options, footage)
     collection = scene.collection
@@ -151,6 +153,10 @@ def _build(scene, takes, body_model, options, footage, record, target) -> list:
     created = []
     if target is not None:
         take = takes[0]
+        if take.motion.coordinate_frame != target.get("dpose_world_frame"):
+            raise DPoseError(f"The rig '{target.name}' is in the {target.get('dpose_world_frame')}"
+                             f" frame but the new motion is in {take.motion.coordinate_frame}: "
+                             "make a new rig, or set Ground to match the rig.")
         rig_offset = int(target.get(keyframes.PROP_FRAME_OFFSET, offset))
         motion = take.motion.replace(
             frame_indices=take.motion.frame_indices + (offset - rig_offset))
@@ -167,10 +173,17 @@ def _build(scene, takes, body_model, options, footage, record, target) -> list:
             created.append(armature)
             created += [c for c in armature.children if c.type == "MESH"]
     image = _footage_image(footage) if footage is not None else None
+    camera = None
     if options.add_camera and footage is not None:
-        created.append(_camera(scene, collection, footage, image, options))
+        camera = _camera(scene, collection, footage, image, options)
+        created.append(camera)
+    planes = []
     if options.add_depth_plane and footage is not None:
-        created += _depth_planes(scene, collection, takes, footage, image, options)
+        planes = _depth_planes(scene, collection, takes, footage, image, options)
+        created += planes
+    rigs = [o for o in created if o.type == "ARMATURE"]  # grounded: camera, floor, contacts
+    created += world_setup.apply_grounding(scene, collection, takes, rigs, camera, offset,
+                                           add_floor=options.add_floor, planes=planes)
     if record is not None:
         for obj in created:
             provenance.stamp(obj, record)
@@ -277,7 +290,9 @@ def footage_from_images(result, image: int) -> Footage:
 def takes_from_video(result) -> list[Take]:
     """The tracks of a ``pipeline.VideoResult`` in track order; reliefs from ``result.maps``
     when the run kept them (``keep_maps=relief_keeper``)."""
-    return [Take(f"D-PoSE Track {number}", motion, list(result.maps.get(number, [])))
+    reports = getattr(result, "refine_reports", {})
+    return [Take(f"D-PoSE Track {number}", motion, list(result.maps.get(number, [])),
+                 reports.get(number))
             for number, motion in sorted(result.tracks.items())]
 
 
