@@ -4,7 +4,8 @@
         --input PATH --output out.blend [--npz motion.npz] [--fbx out.fbx] [--bvh out.bvh] \\
         [--checkpoint CKPT] [--device cpu|cuda|auto] [--start N] [--end N] [--stride N] \\
         [--fps F] [--person all|largest|N] [--bbox X0,Y0,X1,Y1] [--smooth S] [--fov DEG] \\
-        [--mesh] [--depth-plane] [--frame-start N]
+        [--mesh] [--depth-plane] [--frame-start N] [--ground auto|none|off] [--foot-lock F]
+        [--subject-height M] [--camera NAME] [--floor] [--report R.json]
     python dpose_blender/headless.py -- ...        (same, with the bpy wheel as a module)
 
 A thin adapter, like the panel's jobs: the arguments become the core's ``RunOptions``
@@ -84,6 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scene frame of the first source frame used (--start)")
     p.add_argument("--mesh", action="store_true", help="add the skinned SMPL-X mesh")
     p.add_argument("--depth-plane", action="store_true", help="add the depth relief")
+    ground = p.add_argument_group("grounding (the refine stage; see README)")
+    ground.add_argument("--ground", choices=("auto", "none", "off"), default="auto",
+                        help="auto: rigs on the floor found at Z = 0 (default); none: Z up at "
+                        "the camera's level, no floor; off: the camera-frame solve")
+    ground.add_argument("--foot-lock", type=float, default=1.0, metavar="0..1",
+                        help="hold contacting heels and toes still: 0 off, 1 fixed (default)")
+    ground.add_argument("--subject-height", type=float, default=None, metavar="METRES",
+                        help="the person's standing height: rescales the body and the scene")
+    ground.add_argument("--camera", metavar="NAME",
+                        help="a camera in the opened .blend that moves with the footage (a "
+                        "Motion Tracking solve, any keyed camera): the body follows its path")
+    ground.add_argument("--floor", action="store_true",
+                        help="add a floor plane at Z = 0 under grounded rigs")
+    ground.add_argument("--report", metavar="R.json",
+                        help="write the quality report (per frame: confidence, contacts, foot "
+                        "skate, float, penetration, 2D residual) as JSON")
     farm = p.add_argument_group("farm chunks (see farm/README.md)")
     farm.add_argument("--chunk-output", metavar="CHUNK.npz",
                       help="solve frames --start..--end of --input into this chunk file of raw "
@@ -148,6 +165,7 @@ def run_options(args: argparse.Namespace):
         person=args.person, bbox=args.bbox or (), fov_deg=args.fov,
         smooth=DEFAULT_SMOOTH if args.smooth is None else args.smooth, start=args.start,
         end=args.end, stride=args.stride, fps=args.fps, strict=args.strict,
+        ground=args.ground, foot_lock=args.foot_lock, subject_height=args.subject_height,
     )
 
 
@@ -163,6 +181,9 @@ def validate_args(args: argparse.Namespace):
     if args.chunk_output:
         if args.merge or args.output:
             raise UsageError("--chunk-output writes only the chunk: drop --merge and --output.")
+        if args.report or args.camera:
+            raise UsageError("--report and --camera go on the --merge run: a chunk holds raw "
+                             "solves, the merge grounds the whole shot.")
         args.chunk_output = str(_check_writable(args.chunk_output, "the chunk file"))
         outputs = [args.chunk_output]
     else:
@@ -174,8 +195,13 @@ def validate_args(args: argparse.Namespace):
         for name in ("npz", "fbx", "bvh"):
             if getattr(args, name):
                 setattr(args, name, str(_check_writable(getattr(args, name), f"the {name} file")))
-        outputs = [args.output] + [getattr(args, n) for n in ("npz", "fbx", "bvh")
+        if args.report:
+            args.report = str(_check_writable(args.report, "the report"))
+            if not args.report.lower().endswith(".json"):
+                raise UsageError(f"the report {args.report} must end in .json.")
+        outputs = [args.output] + [getattr(args, n) for n in ("npz", "fbx", "bvh", "report")
                                    if getattr(args, n)]
+        _check_camera(args.camera, args.ground)
     args.checkpoint = args.checkpoint or _checkpoint_from_preferences()
     options = run_options(args)
     try:
@@ -184,12 +210,31 @@ def validate_args(args: argparse.Namespace):
 
             args.frames = _parse_frames(args.frames) if args.frames else None
             options.outputs = outputs
+            from ..dpose_core.pipeline import check_refine_options
+
+            check_refine_options(options)
             return options
         if args.chunk_output:
             options.outputs, options.chunk_overlap = outputs, args.chunk_overlap
         return options.validate()
     except (DPoseError, argparse.ArgumentTypeError) as exc:
         raise UsageError(_first_line(exc)) from exc
+
+
+def _check_camera(name: str | None, ground: str) -> None:
+    """--camera names a camera object of the opened .blend (and needs grounding on)."""
+    if name is None:
+        return
+    if ground == "off":
+        raise UsageError("--camera moves the grounded body with the camera: it needs --ground "
+                         "auto or none, not off.")
+    import bpy
+
+    obj = bpy.data.objects.get(name)
+    if obj is None or obj.type != "CAMERA":
+        cameras = sorted(o.name for o in bpy.data.objects if o.type == "CAMERA")
+        raise UsageError(f"--camera {name!r} is not a camera in the opened .blend (cameras: "
+                         f"{', '.join(cameras) or 'none'}).")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -252,11 +297,13 @@ class _OutStream:
         sys.stdout.flush()
 
 
-def estimate(options, estimator, *, reporter, keep_reliefs: bool = False):
-    """The pipeline run for these options -> (takes, footage, result) for the scene builder."""
+def estimate(options, estimator, *, reporter, keep_reliefs: bool = False, camera=None,
+             frame_start: int = 1):
+    """The pipeline run for these options, grounded (the refine stage) -> (takes, footage,
+    result) for the scene builder. camera: a Blender camera whose path the body follows."""
     from ..dpose_core import pipeline
     from ..dpose_core.frames import DEFAULT_FOLDER_FPS
-    from . import scene_builder
+    from . import scene_builder, world_setup
 
     def warn(text: str) -> None:
         reporter.out(f"warning: {text}")
@@ -267,17 +314,45 @@ def estimate(options, estimator, *, reporter, keep_reliefs: bool = False):
             keep_maps=scene_builder.relief_keeper if keep_reliefs else False)
         if result.chunk is not None:
             return [], None, result
+        ground(result, estimator.body_model, options, camera, frame_start - options.start,
+               reporter)
         return (scene_builder.takes_from_video(result),
                 scene_builder.footage_from_video(result, options.start), result)
     result = pipeline.estimate_images(options, estimator=estimator,
                                       progress=reporter.progress, warn=warn)
     takes = scene_builder.takes_from_images(result, 0, options.fps or DEFAULT_FOLDER_FPS,
                                             with_relief=keep_reliefs)
+    track = None if camera is None else world_setup.camera_track(
+        camera, _scene(), frame_start, [0])
+    takes = world_setup.refine_takes(takes, estimator.body_model, options,
+                                     camera_to_world=track, warn=warn)
     return takes, scene_builder.footage_from_images(result, 0), result
 
 
-def merge(args: argparse.Namespace, options, *, reporter):
-    """The farm merge: chunk files -> (takes, footage, result, body model, checkpoint hash)."""
+def ground(result, body_model, options, camera, frame_offset: int, reporter) -> None:
+    """The refine stage on a video run or a merged shot (the whole shot once)."""
+    from ..dpose_core import pipeline
+    from . import world_setup
+
+    if options.ground == "off" or not result.tracks:
+        return
+    track = None
+    if camera is not None:
+        frames = {int(f) for m in result.tracks.values() for f in m.frame_indices}
+        track = world_setup.camera_track(camera, _scene(), frame_offset, frames)
+    reporter.status(f"grounding {len(result.tracks)} track(s) (--ground {options.ground})")
+    pipeline.refine_tracks(result, body_model, options, camera_to_world=track,
+                           warn=lambda text: reporter.out(f"warning: {text}"))
+    for number, report in sorted(result.refine_reports.items()):
+        summary = report.summary()
+        reporter.out(f"D-PoSE: track {number} grounded: foot skate "
+                     f"{summary['skate_mm_per_frame_before']} -> {summary['skate_mm_per_frame']}"
+                     f" mm/frame in contact, penetration max {summary['penetration_mm_max']} mm")
+
+
+def merge(args: argparse.Namespace, options, *, reporter, camera=None):
+    """The farm merge, grounded once over the whole shot: chunk files -> (takes, footage,
+    result, body model, checkpoint hash)."""
     from ..dpose_core import pipeline
     from ..dpose_core.checkpoint import checkpoint_hash
     from ..dpose_core.errors import DPoseError
@@ -296,9 +371,11 @@ def merge(args: argparse.Namespace, options, *, reporter):
         reporter.out(f"warning: the footage {result.source} is not on this machine: the "
                      "camera gets no background image.")
         result.source_kind = "video"
+    body_model = pipeline.open_body_model(options)
+    ground(result, body_model, options, camera, args.frame_start - result.first_frame, reporter)
     takes = scene_builder.takes_from_video(result)
     footage = scene_builder.footage_from_video(result, result.first_frame)
-    return takes, footage, result, pipeline.open_body_model(options), solved_with
+    return takes, footage, result, body_model, solved_with
 
 
 def run(args: argparse.Namespace, options, *, out=print) -> int:
@@ -313,7 +390,8 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
     try:
         if args.merge:
             reporter.status(f"merging {len(args.merge)} chunk file(s)")
-            takes, footage, result, body_model, sha = merge(args, options, reporter=reporter)
+            takes, footage, result, body_model, sha = merge(args, options, reporter=reporter,
+                                                            camera=_camera(args))
             backend, device = result.backend, "farm"
             checkpoint_path = options.checkpoint
         else:
@@ -321,7 +399,8 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
             estimator = pipeline.open_estimator(options)
             out(f"D-PoSE: {estimator.backend} on {estimator.device}; input {args.input}")
             takes, footage, result = estimate(options, estimator, reporter=reporter,
-                                              keep_reliefs=args.depth_plane)
+                                              keep_reliefs=args.depth_plane,
+                                              camera=_camera(args), frame_start=args.frame_start)
             body_model, backend, device = None, estimator.backend, estimator.device
             checkpoint_path = estimator.checkpoint_path
             sha = None
@@ -340,7 +419,7 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
         body_model = body_model or estimator.body_model
         scene_options = scene_builder.SceneOptions(
             start_frame=args.frame_start, add_mesh=args.mesh,
-            add_depth_plane=args.depth_plane and not args.merge,
+            add_depth_plane=args.depth_plane and not args.merge, add_floor=args.floor,
             collection_name=f"D-PoSE {Path(footage.path).stem}",
             relief_cache_dir=args.cache_dir or str(Path(args.output).parent))
         record = provenance.build_record(
@@ -352,6 +431,9 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
         created = scene_builder.build_scene(_scene(), takes, body_model,
                                             scene_options, footage=footage, record=record)
         save_outputs(created, takes, args)
+        if args.report:
+            write_run_report(args.report, result, takes)
+            out(f"D-PoSE: quality report -> {args.report}")
     except (CancelledError, KeyboardInterrupt) as exc:
         out(f"error: cancelled {exc}".rstrip())
         return EXIT_CANCELLED
@@ -372,11 +454,30 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
     return EXIT_OK
 
 
+def write_run_report(path: str, result, takes: list) -> None:
+    """The quality report of the run (dpose_core.report): per track for videos and merges,
+    per person for an image."""
+    from ..dpose_core.report import build_report, write_report
+
+    if hasattr(result, "tracks"):
+        write_report(path, build_report(result))
+        return
+    write_report(path, build_report({t.label: t.motion for t in takes},
+                                    {t.label: t.report for t in takes if t.report is not None}))
+
+
+def _camera(args: argparse.Namespace):
+    import bpy
+
+    return bpy.data.objects[args.camera] if args.camera else None
+
+
 def _settings(args: argparse.Namespace, options, result) -> dict:
     settings = {k: v for k, v in vars(options).items()
                 if not k.startswith("_") and k not in ("inputs", "outputs", "checkpoint",
                                                        "cache_dir")}
-    settings.update(mesh=args.mesh, depth_plane=args.depth_plane, frame_start=args.frame_start)
+    settings.update(mesh=args.mesh, depth_plane=args.depth_plane, frame_start=args.frame_start,
+                    camera=args.camera, floor=args.floor)
     if hasattr(result, "failures"):
         settings.update(frames_done=result.frames_processed, skipped=len(result.failures))
     return {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}

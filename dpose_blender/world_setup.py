@@ -87,6 +87,20 @@ def camera_track(camera_obj, scene, frame_offset: int, source_frames) -> Callabl
     return lookup
 
 
+def refine_takes(takes: list, body_model, options, *, camera_to_world=None,
+                 warn=None) -> list:
+    """The refine stage (dpose_core.pipeline.refine_motions) on the takes of an image: each
+    person grounded on the floor under their feet, the report kept on the take."""
+    from dataclasses import replace
+
+    from ..dpose_core.pipeline import refine_motions
+
+    motions, reports, _ = refine_motions({t.label: t.motion for t in takes}, body_model,
+                                         options, camera_to_world=camera_to_world, warn=warn)
+    return [replace(take, motion=motions[take.label], report=reports.get(take.label))
+            for take in takes]
+
+
 # ------------------------------------------------------------------------------ building
 def apply_grounding(scene, collection, takes, rigs, camera, frame_offset: int, *,
                     add_floor: bool, planes=()) -> list:
