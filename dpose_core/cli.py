@@ -324,14 +324,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
     check_refine_options(options)
     _prepare_output(args.output)
     _prepare_output(args.report)
-    bar = _Progress(None, "merge", "frame", args.progress)
     outputs = [p for p in (args.output, args.report) if p]
     body_model = None
     if options.ground != "off":  # checked before the merge: a wrong model fails at once
         from .refine import check_body_model
 
-        body_model = open_body_model(options)
+        try:
+            body_model = open_body_model(options)
+        except DPoseError as exc:
+            raise type(exc)(f"Grounding the merged shot needs the SMPL-X body (--checkpoint or "
+                            f"--body-model; --ground off skips it): {exc}") from exc
         check_body_model(body_model)
+    bar = _Progress(None, "merge", "frame", args.progress)
     result = merge_video(args.chunks, options, frames=args.frames, allow_gaps=args.allow_gaps,
                          outputs=outputs, warn=_warn_through(bar))
     _refine(result, body_model, options, bar)

@@ -173,8 +173,8 @@ def test_a_farm_merge_is_grounded_once_like_one_run(footage, raw, body_model, tm
                                estimator=net)
         with pytest.raises(DPoseError, match="after dpose merge"):
             refine_tracks(chunk, body_model, _options(footage))
-        paths.append(write_chunk(tmp_path / f"chunk_{a}.npz", chunk.chunk) or
-                     tmp_path / f"chunk_{a}.npz")
+        write_chunk(tmp_path / f"chunk_{a}.npz", chunk.chunk)
+        paths.append(tmp_path / f"chunk_{a}.npz")
     merged = merge_video(paths, RunOptions(smooth=0.0))
     refine_tracks(merged, body_model, RunOptions())
     np.testing.assert_allclose(merged.tracks[0].transl, whole.tracks[0].transl, atol=1e-6)
@@ -283,3 +283,27 @@ def test_dpose_refine_bad_input_one_line_exit_2(case, message, raw, body_model_n
     if before is not None:
         assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_dpose_merge_grounds_the_shot_and_reports(footage, raw, body_model, body_model_npz,
+                                                 tmp_path):
+    net = WalkNetwork(raw, body_model)
+    chunks = []
+    for a, b in ((0, 30), (30, raw.num_frames)):
+        chunk = estimate_video(_options(footage, start=a, end=b, chunk_overlap=min(a, 8)),
+                               estimator=net).chunk
+        write_chunk(tmp_path / f"chunk_{a}.npz", chunk)
+        chunks.append(tmp_path / f"chunk_{a}.npz")
+    out, report = tmp_path / "motion.npz", tmp_path / "report.json"
+    proc = _cli("merge", *chunks, "-o", out, "--body-model", body_model_npz, "--smooth", "0",
+                "--report", report, "--progress", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert "track 0: grounded" in proc.stderr
+    motion = load_motion_npz(out)
+    assert motion.coordinate_frame == FRAME_WORLD_Z_UP and len(motion) == raw.num_frames
+    data = json.loads(report.read_text())
+    assert data["tracks"][0]["grounded"] and data["frames_processed"] == raw.num_frames
+    out.write_bytes(b"previous")
+    env_less = _cli("merge", *chunks, "-o", out, "--checkpoint", tmp_path / "missing.ckpt")
+    assert env_less.returncode == 2 and "Grounding the merged shot needs" in env_less.stderr
+    assert len(env_less.stderr.strip().splitlines()) == 1 and out.read_bytes() == b"previous"
