@@ -214,8 +214,9 @@ def validate_args(args: argparse.Namespace):
 
             check_refine_options(options)
             return options
+        options.outputs = outputs  # never an input, never twice (the report too)
         if args.chunk_output:
-            options.outputs, options.chunk_overlap = outputs, args.chunk_overlap
+            options.chunk_overlap = args.chunk_overlap
         return options.validate()
     except (DPoseError, argparse.ArgumentTypeError) as exc:
         raise UsageError(_first_line(exc)) from exc
