@@ -307,3 +307,25 @@ def test_dpose_merge_grounds_the_shot_and_reports(footage, raw, body_model, body
     env_less = _cli("merge", *chunks, "-o", out, "--checkpoint", tmp_path / "missing.ckpt")
     assert env_less.returncode == 2 and "Grounding the merged shot needs" in env_less.stderr
     assert len(env_less.stderr.strip().splitlines()) == 1 and out.read_bytes() == b"previous"
+
+
+def test_dpose_estimate_grounds_a_video_and_writes_the_report(footage, raw, body_model,
+                                                              checkpoint_path, tmp_path,
+                                                              monkeypatch, capsys):
+    import dpose_core.pipeline as pipeline
+    from dpose_core.cli import main
+
+    monkeypatch.setattr(pipeline, "open_estimator", lambda options: WalkNetwork(raw, body_model))
+    base = ["estimate", str(footage), "--checkpoint", str(checkpoint_path), "--bbox", "8,2,40,34",
+            "--fps", "30", "--smooth", "0", "--progress", "none"]
+    out, report = tmp_path / "motion.npz", tmp_path / "report.json"
+    assert main([*base, "-o", str(out), "--foot-lock", "0.7", "--report", str(report)]) == 0
+    assert "track 0: grounded" in capsys.readouterr().err
+    motion = load_motion_npz(out)
+    assert motion.coordinate_frame == FRAME_WORLD_Z_UP and motion.contacts is not None
+    data = json.loads(report.read_text())
+    assert data["tracks"][0]["refine"]["foot_lock"] == 0.7 and data["source_fps"] == 30.0
+    assert main([*base, "-o", str(out), "--ground", "off"]) == 0
+    assert load_motion_npz(out).coordinate_frame == FRAME_OPENCV_CAMERA
+    assert main([*base, "-o", str(out), "--report", str(out)]) == 2  # not over the motion
+    assert "must end in .json" in capsys.readouterr().err
