@@ -52,8 +52,8 @@ class WalkNetwork:
 
     backend, device = "stand-in", "cpu"
 
-    def __init__(self, motion, body_model):
-        self.motion, self.body_model = motion, body_model
+    def __init__(self, motion, body_model, part=1):
+        self.motion, self.body_model, self.part = motion, body_model, part
 
     def estimate_batch(self, images, boxes_per_image, focal_px=None):
         m = self.motion
@@ -69,7 +69,7 @@ class WalkNetwork:
             joints3d=np.zeros((n, 127, 3)), joints2d=np.zeros((n, 127, 2)),
             depth=np.full((n, 4, 4), 0.5, np.float32),
             part_logits=np.zeros((n, 2, 4, 4), np.float32),
-            part_labels=np.ones((n, 4, 4), np.uint8), crop_box=box,
+            part_labels=np.full((n, 16, 16), self.part, np.uint8), crop_box=box,
             box_center=(box[:, :2] + box[:, 2:]) / 2, box_scale=np.ones(n), image_size=size,
             image_index=np.arange(n))
 
@@ -329,3 +329,25 @@ def test_dpose_estimate_grounds_a_video_and_writes_the_report(footage, raw, body
     assert load_motion_npz(out).coordinate_frame == FRAME_OPENCV_CAMERA
     assert main([*base, "-o", str(out), "--report", str(out)]) == 2  # not over the motion
     assert "must end in .json" in capsys.readouterr().err
+
+
+def test_feet_seen_in_the_part_map_raise_the_contact_confidence(footage, raw, body_model):
+    from dpose_core.part_labels import PART_CLASS
+    from dpose_core.pipeline import foot_evidence
+
+    labels = np.zeros((224, 224), np.uint8)
+    labels[:10, :10] = PART_CLASS["leftFoot"]  # 100 px: the left heel fully shown
+    labels[20, :20] = PART_CLASS["rightToeBase"]  # 20 px: the right toe partly
+    np.testing.assert_allclose(foot_evidence(labels), [1.0, 0.0, 0.0, 0.4])
+    confidence = {}
+    for part in (1, PART_CLASS["leftFoot"]):  # nothing of the feet / the left foot everywhere
+        result = estimate_video(_options(footage), estimator=WalkNetwork(raw, body_model, part))
+        expected = 1.0 if part != 1 else 0.0
+        np.testing.assert_array_equal(result.foot_evidence[0][:, 0], expected)
+        refine_tracks(result, body_model, _options(footage))
+        motion = result.tracks[0]
+        confidence[part] = motion.contact_confidence[:, 0][motion.contacts[:, 0]].mean()
+    assert confidence[PART_CLASS["leftFoot"]] > 1.5 * confidence[1]
+    chunk = estimate_video(_options(footage, start=0, end=30, chunk_overlap=0),
+                           estimator=WalkNetwork(raw, body_model))
+    assert chunk.foot_evidence == {}  # raw solves only
