@@ -326,7 +326,7 @@ def estimate(options, estimator, *, reporter, keep_reliefs: bool = False, camera
     track = None if camera is None else world_setup.camera_track(
         camera, _scene(), frame_start, [0])
     takes = world_setup.refine_takes(takes, estimator.body_model, options,
-                                     camera_to_world=track, warn=warn)
+                                     camera_to_world=track, warn=warn, images=result)
     return takes, scene_builder.footage_from_images(result, 0), result
 
 

@@ -251,7 +251,8 @@ def run_image(request: PanelRequest, ctx) -> Outcome:
     takes = scene_builder.takes_from_images(result, 0, request.scene_fps,
                                             with_relief=request.scene.add_depth_plane)
     takes = world_setup.refine_takes(takes, estimator.body_model, request.run,
-                                     camera_to_world=request.camera_track, warn=ctx.warn)
+                                     camera_to_world=request.camera_track, warn=ctx.warn,
+                                     images=result)
     return Outcome(result, estimator, takes)
 
 

@@ -87,16 +87,24 @@ def camera_track(camera_obj, scene, frame_offset: int, source_frames) -> Callabl
     return lookup
 
 
-def refine_takes(takes: list, body_model, options, *, camera_to_world=None,
-                 warn=None) -> list:
+def refine_takes(takes: list, body_model, options, *, camera_to_world=None, warn=None,
+                 images=None) -> list:
     """The refine stage (dpose_core.pipeline.refine_motions) on the takes of an image: each
-    person grounded on the floor under their feet, the report kept on the take."""
+    person grounded on the floor under their feet, the report kept on the take. images: the
+    pipeline.ImagesResult the takes came from (scene_builder.takes_from_images, image 0), for
+    how much of each foot the network's part segmentation shows."""
     from dataclasses import replace
 
-    from ..dpose_core.pipeline import refine_motions
+    from ..dpose_core.pipeline import foot_evidence, refine_motions
 
+    evidence = None
+    if images is not None:
+        rows = images.rows_of_image(0)
+        evidence = {t.label: foot_evidence(images.estimate.part_labels[int(r)])[None]
+                    for t, r in zip(takes, rows, strict=True)}
     motions, reports, _ = refine_motions({t.label: t.motion for t in takes}, body_model,
-                                         options, camera_to_world=camera_to_world, warn=warn)
+                                         options, camera_to_world=camera_to_world, warn=warn,
+                                         foot_evidence=evidence)
     return [replace(take, motion=motions[take.label], report=reports.get(take.label))
             for take in takes]
 

@@ -188,3 +188,25 @@ def test_a_failure_leaves_the_scene_as_it_was(body_model, walk, monkeypatch):
         _build([sb.Take("D-PoSE Track 0", refined, report=report)], body_model, add_floor=True)
     assert {o.name for o in bpy.data.objects} == before
     assert len(bpy.data.actions) == 0
+
+
+def test_an_images_people_are_grounded_with_the_feet_the_network_saw(body_model):
+    from types import SimpleNamespace
+
+    from dpose_core.part_labels import PART_CLASS
+    from dpose_core.pipeline import RunOptions
+
+    sb = import_blender_module("scene_builder")
+    world_setup = import_blender_module("world_setup")
+    one = sw.to_camera(body_model, sw.standing(body_model, BETAS), STILL_CAMERA)
+    confidence = {}
+    for part in (0, PART_CLASS["leftFoot"]):
+        images = SimpleNamespace(rows_of_image=lambda image: np.array([0]),
+                                 estimate=SimpleNamespace(
+                                     part_labels=np.full((1, 224, 224), part, np.uint8)))
+        (take,) = world_setup.refine_takes([sb.Take("D-PoSE Person 0", one)], body_model,
+                                           RunOptions(), images=images)
+        assert take.motion.coordinate_frame == "world_z_up" and take.report is not None
+        assert take.report.foot_lock == 0.0  # one frame: grounded, not locked
+        confidence[part] = take.motion.contact_confidence[0, 0]
+    assert confidence[PART_CLASS["leftFoot"]] > confidence[0]
