@@ -7,7 +7,8 @@
         [--checkpoint CKPT] [--device cpu|cuda|auto] [--start N] [--end N] [--stride N] \\
         [--fps F] [--person all|largest|N] [--bbox X0,Y0,X1,Y1] [--smooth S] [--fov DEG] \\
         [--mesh] [--depth-plane] [--overlay] [--low-part-iou X] [--no-part-scores]
-        [--frame-start N]
+        [--frame-start N] [--ground auto|none|off] [--foot-lock F] [--subject-height M]
+        [--camera NAME] [--floor] [--report R.json]
     python dpose_blender/headless.py -- ...        (same, with the bpy wheel as a module)
 
 A thin adapter, like the panel's jobs: the arguments become the core's ``RunOptions``
@@ -121,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
                    f"marker (default {DEFAULT_LOW_PART_IOU:g})")
     p.add_argument("--no-part-scores", action="store_true",
                    help="do not score the solve against the network's part map")
+    ground = p.add_argument_group("grounding (the refine stage; see README)")
+    ground.add_argument("--ground", choices=("auto", "none", "off"), default="auto",
+                        help="auto: rigs on the floor found at Z = 0 (default); none: Z up at "
+                        "the camera's level, no floor; off: the camera-frame solve")
+    ground.add_argument("--foot-lock", type=float, default=1.0, metavar="0..1",
+                        help="hold contacting heels and toes still: 0 off, 1 fixed (default)")
+    ground.add_argument("--subject-height", type=float, default=None, metavar="METRES",
+                        help="the person's standing height: rescales the body and the scene")
+    ground.add_argument("--camera", metavar="NAME",
+                        help="a camera in the opened .blend that moves with the footage (a "
+                        "Motion Tracking solve, any keyed camera): the body follows its path")
+    ground.add_argument("--floor", action="store_true",
+                        help="add a floor plane at Z = 0 under grounded rigs")
+    ground.add_argument("--report", metavar="R.json",
+                        help="write the quality report as JSON: per frame the confidence, "
+                        "contacts, foot skate, float, penetration, 2D residual and how well the "
+                        "body agrees with the network's part map")
     farm = p.add_argument_group("farm chunks (see farm/README.md)")
     farm.add_argument("--chunk-output", metavar="CHUNK.npz",
                       help="solve frames --start..--end of --input into this chunk file of raw "
@@ -185,7 +203,8 @@ def run_options(args: argparse.Namespace):
         person=args.person, bbox=args.bbox or (), fov_deg=args.fov,
         smooth=DEFAULT_SMOOTH if args.smooth is None else args.smooth, start=args.start,
         end=args.end, stride=args.stride, fps=args.fps, strict=args.strict,
-        part_scores=not args.no_part_scores,
+        part_scores=not args.no_part_scores, ground=args.ground, foot_lock=args.foot_lock,
+        subject_height=args.subject_height,
     )
 
 
@@ -206,10 +225,11 @@ def validate_args(args: argparse.Namespace):
     if args.chunk_output:
         if args.merge or args.output:
             raise UsageError("--chunk-output writes only the chunk: drop --merge and --output.")
-        extras = [f"--{n}" for n in (*EXPORT_FLAGS, "retarget_to") if getattr(args, n, None)]
+        extras = [f"--{n}" for n in (*EXPORT_FLAGS, "retarget_to", "report", "camera")
+                  if getattr(args, n, None)]
         if extras:
             raise UsageError(f"--chunk-output writes only the chunk: {extras[0].replace('_', '-')}"
-                             " belongs to the merge that writes the .blend.")
+                             " belongs to the merge that writes the .blend and grounds the shot.")
         args.chunk_output = str(_check_writable(args.chunk_output, "the chunk file"))
         outputs = [args.chunk_output]
     else:
@@ -221,7 +241,13 @@ def validate_args(args: argparse.Namespace):
         for name in EXPORT_FLAGS:
             if getattr(args, name):
                 setattr(args, name, str(_check_writable(getattr(args, name), f"the {name} file")))
-        outputs = [args.output] + [getattr(args, n) for n in EXPORT_FLAGS if getattr(args, n)]
+        if args.report:
+            args.report = str(_check_writable(args.report, "the report"))
+            if not args.report.lower().endswith(".json"):
+                raise UsageError(f"the report {args.report} must end in .json.")
+        outputs = [args.output] + [getattr(args, n) for n in (*EXPORT_FLAGS, "report")
+                                   if getattr(args, n)]
+        _check_camera(args.camera, args.ground)
     args.checkpoint = args.checkpoint or _checkpoint_from_preferences()
     options = run_options(args)
     options.outputs = outputs  # checked: never an input, never given twice
@@ -230,6 +256,9 @@ def validate_args(args: argparse.Namespace):
             from ..dpose_core.cli import _parse_frames
 
             args.frames = _parse_frames(args.frames) if args.frames else None
+            from ..dpose_core.pipeline import check_refine_options
+
+            check_refine_options(options)
             return options
         if args.chunk_output:
             options.chunk_overlap = args.chunk_overlap
@@ -282,6 +311,22 @@ def check_export_args(args: argparse.Namespace) -> None:
     except DPoseError as exc:
         raise UsageError(f"--retarget-to {args.retarget_to}: {_first_line(exc)}") from exc
     args.bone_map_data = bone_map
+
+
+def _check_camera(name: str | None, ground: str) -> None:
+    """--camera names a camera object of the opened .blend (and needs grounding on)."""
+    if name is None:
+        return
+    if ground == "off":
+        raise UsageError("--camera moves the grounded body with the camera: it needs --ground "
+                         "auto or none, not off.")
+    import bpy
+
+    obj = bpy.data.objects.get(name)
+    if obj is None or obj.type != "CAMERA":
+        cameras = sorted(o.name for o in bpy.data.objects if o.type == "CAMERA")
+        raise UsageError(f"--camera {name!r} is not a camera in the opened .blend (cameras: "
+                         f"{', '.join(cameras) or 'none'}).")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -344,13 +389,14 @@ class _OutStream:
         sys.stdout.flush()
 
 
-def estimate(options, estimator, *, reporter, keep_reliefs: bool = False, frame_maps=None):
-    """The pipeline run for these options -> (takes, footage, result) for the scene builder.
-
-    frame_maps: a video run's frame hook (the part overlay writer)."""
+def estimate(options, estimator, *, reporter, keep_reliefs: bool = False, frame_maps=None,
+             camera=None, frame_start: int = 1):
+    """The pipeline run for these options, grounded (the refine stage) -> (takes, footage,
+    result) for the scene builder. frame_maps: a video run's frame hook (the part overlay
+    writer); camera: a Blender camera whose path the body follows."""
     from ..dpose_core import pipeline
     from ..dpose_core.frames import DEFAULT_FOLDER_FPS
-    from . import scene_builder
+    from . import scene_builder, world_setup
 
     def warn(text: str) -> None:
         reporter.out(f"warning: {text}")
@@ -362,17 +408,45 @@ def estimate(options, estimator, *, reporter, keep_reliefs: bool = False, frame_
             frame_maps=frame_maps)
         if result.chunk is not None:
             return [], None, result
+        ground(result, estimator.body_model, options, camera, frame_start - options.start,
+               reporter)
         return (scene_builder.takes_from_video(result),
                 scene_builder.footage_from_video(result, options.start), result)
     result = pipeline.estimate_images(options, estimator=estimator,
                                       progress=reporter.progress, warn=warn)
     takes = scene_builder.takes_from_images(result, 0, options.fps or DEFAULT_FOLDER_FPS,
                                             with_relief=keep_reliefs)
+    track = None if camera is None else world_setup.camera_track(
+        camera, _scene(), frame_start, [0])
+    takes = world_setup.refine_takes(takes, estimator.body_model, options,
+                                     camera_to_world=track, warn=warn, images=result)
     return takes, scene_builder.footage_from_images(result, 0), result
 
 
-def merge(args: argparse.Namespace, options, *, reporter):
-    """The farm merge: chunk files -> (takes, footage, result, body model, checkpoint hash)."""
+def ground(result, body_model, options, camera, frame_offset: int, reporter) -> None:
+    """The refine stage on a video run or a merged shot (the whole shot once)."""
+    from ..dpose_core import pipeline
+    from . import world_setup
+
+    if options.ground == "off" or not result.tracks:
+        return
+    track = None
+    if camera is not None:
+        frames = {int(f) for m in result.tracks.values() for f in m.frame_indices}
+        track = world_setup.camera_track(camera, _scene(), frame_offset, frames)
+    reporter.status(f"grounding {len(result.tracks)} track(s) (--ground {options.ground})")
+    pipeline.refine_tracks(result, body_model, options, camera_to_world=track,
+                           warn=lambda text: reporter.out(f"warning: {text}"))
+    for number, report in sorted(result.refine_reports.items()):
+        summary = report.summary()
+        reporter.out(f"D-PoSE: track {number} grounded: foot skate "
+                     f"{summary['skate_mm_per_frame_before']} -> {summary['skate_mm_per_frame']}"
+                     f" mm/frame in contact, penetration max {summary['penetration_mm_max']} mm")
+
+
+def merge(args: argparse.Namespace, options, *, reporter, camera=None):
+    """The farm merge, grounded once over the whole shot: chunk files -> (takes, footage,
+    result, body model, checkpoint hash)."""
     from ..dpose_core import pipeline
     from ..dpose_core.checkpoint import checkpoint_hash
     from ..dpose_core.errors import DPoseError
@@ -391,9 +465,11 @@ def merge(args: argparse.Namespace, options, *, reporter):
         reporter.out(f"warning: the footage {result.source} is not on this machine: the "
                      "camera gets no background image.")
         result.source_kind = "video"
+    body_model = pipeline.open_body_model(options)
+    ground(result, body_model, options, camera, args.frame_start - result.first_frame, reporter)
     takes = scene_builder.takes_from_video(result)
     footage = scene_builder.footage_from_video(result, result.first_frame)
-    return takes, footage, result, pipeline.open_body_model(options), solved_with
+    return takes, footage, result, body_model, solved_with
 
 
 def run(args: argparse.Namespace, options, *, out=print) -> int:
@@ -409,7 +485,8 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
     try:
         if args.merge:
             reporter.status(f"merging {len(args.merge)} chunk file(s)")
-            takes, footage, result, body_model, sha = merge(args, options, reporter=reporter)
+            takes, footage, result, body_model, sha = merge(args, options, reporter=reporter,
+                                                            camera=_camera(args))
             backend, device = result.backend, "farm"
             checkpoint_path = options.checkpoint
         else:
@@ -419,7 +496,8 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
             writer = (scene_builder.overlay_writer(_scene_options(args), args.input)
                       if args.overlay and options.is_video else None)
             takes, footage, result = estimate(options, estimator, reporter=reporter,
-                                              keep_reliefs=args.depth_plane, frame_maps=writer)
+                                              keep_reliefs=args.depth_plane, frame_maps=writer,
+                                              camera=_camera(args), frame_start=args.frame_start)
             if writer is not None:
                 overlay = writer.finish()
             elif args.overlay:
@@ -452,6 +530,9 @@ def run(args: argparse.Namespace, options, *, out=print) -> int:
                                             part_overlay=overlay)
         target = retarget_take(created, takes, args, out)
         save_outputs(created, takes, args, target=target)
+        if args.report:
+            write_run_report(args.report, result, takes, args.low_part_iou)
+            out(f"D-PoSE: quality report -> {args.report}")
     except (CancelledError, KeyboardInterrupt) as exc:
         out(f"error: cancelled {exc}".rstrip())
         return EXIT_CANCELLED
@@ -478,17 +559,40 @@ def _scene_options(args: argparse.Namespace, collection_name: str | None = None)
 
     return scene_builder.SceneOptions(
         start_frame=args.frame_start, add_mesh=args.mesh,
-        add_depth_plane=args.depth_plane and not args.merge,
+        add_depth_plane=args.depth_plane and not args.merge, add_floor=args.floor,
         collection_name=collection_name,
         relief_cache_dir=args.cache_dir or str(Path(args.output).parent),
         part_overlay=args.overlay, low_part_iou=args.low_part_iou)
+
+
+def write_run_report(path: str, result, takes: list, low_part_iou: float) -> None:
+    """The quality report of the run (dpose_core.report): per track for videos and merges,
+    per person for an image, with the part-agreement section (evidence_report)."""
+    from ..dpose_core.evidence_report import images_section, tracks_section
+    from ..dpose_core.report import build_report, write_report
+
+    if hasattr(result, "tracks"):
+        write_report(path, build_report(result, extra_sections={
+            "part_agreement": tracks_section(result.tracks, low_part_iou)}))
+        return
+    write_report(path, build_report(
+        {t.label: t.motion for t in takes},
+        {t.label: t.report for t in takes if t.report is not None},
+        extra_sections={"part_agreement": images_section(result, low_part_iou)}))
+
+
+def _camera(args: argparse.Namespace):
+    import bpy
+
+    return bpy.data.objects[args.camera] if args.camera else None
 
 
 def _settings(args: argparse.Namespace, options, result) -> dict:
     settings = {k: v for k, v in vars(options).items()
                 if not k.startswith("_") and k not in ("inputs", "outputs", "checkpoint",
                                                        "cache_dir")}
-    settings.update(mesh=args.mesh, depth_plane=args.depth_plane, frame_start=args.frame_start)
+    settings.update(mesh=args.mesh, depth_plane=args.depth_plane, frame_start=args.frame_start,
+                    camera=args.camera, floor=args.floor)
     if hasattr(result, "failures"):
         settings.update(frames_done=result.frames_processed, skipped=len(result.failures))
     return {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}

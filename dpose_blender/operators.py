@@ -37,6 +37,12 @@ PEOPLE_ITEMS = [
     ("LARGEST", "Largest", "Only the largest person"),
     ("INDEX", "Pick", "One person, by number (0 = largest / first track)"),
 ]
+GROUND_ITEMS = [  # the core's RunOptions.ground, one meaning everywhere
+    ("AUTO", "Floor", "Rigs in a Z-up world on the floor found at Z = 0, the camera placed to "
+     "match (dpose --ground auto)"),
+    ("NONE", "Level", "Rigs in a Z-up world at the camera's level, no floor (--ground none)"),
+    ("OFF", "Camera", "The network's camera-frame solve, camera at the origin (--ground off)"),
+]
 FOCAL_ITEMS = [
     ("DIAGONAL", "Image Diagonal", "Focal length = image diagonal in pixels (as the network)"),
     ("FOV", "Field of View", "A field of view across the longer image side"),
@@ -97,6 +103,20 @@ class DPOSE_PG_settings(bpy.types.PropertyGroup):
                                    f"rate, {DEFAULT_FOLDER_FPS:g} for a folder of images")
     smooth: FloatProperty(name="Smoothing", min=0.0, soft_max=3.0, default=DEFAULT_SMOOTH,
                           description="0: off, 1: the default, 2: twice as smooth")
+    ground: EnumProperty(name="Ground", items=GROUND_ITEMS, default="AUTO",
+                         description="Where the motion goes: on the floor, level, or as solved")
+    foot_lock: FloatProperty(name="Foot Lock", min=0.0, max=1.0, default=1.0, subtype="FACTOR",
+                             description="Hold contacting heels and toes still: 0 off, 1 fixed")
+    subject_height: FloatProperty(
+        name="Subject Height", min=0.0, soft_max=2.5, default=0.0, unit="LENGTH",
+        description="The person's standing height (rescales the body and the scene); 0: the "
+                    "body's own")
+    follow_camera: PointerProperty(
+        name="Camera", type=bpy.types.Object, poll=lambda _self, obj: obj.type == "CAMERA",
+        description="A camera that moves with the footage (a Motion Tracking solve, any keyed "
+                    "camera): the body follows its path, the track's scale set from the body")
+    add_floor: BoolProperty(name="Floor Plane", default=True,
+                            description="Add a plane at Z = 0 under grounded rigs")
     # Read by the panel while a job runs (written on the main thread only).
     job_label: StringProperty(default="")
     job_text: StringProperty(default="")

@@ -69,6 +69,18 @@ class DPOSE_PT_main(bpy.types.Panel):
             layout.prop(s, "depth_scale")
         layout.prop(s, "low_part_iou")
         layout.prop(s, "key_selected")
+        _draw_grounding(layout.box(), s)
+
+
+def _draw_grounding(box, s) -> None:
+    """Ground / Foot Lock / Subject Height / Camera: the refine stage's options."""
+    box.prop(s, "ground")
+    col = box.column(align=True)
+    col.enabled = s.ground != "OFF"
+    col.prop(s, "foot_lock")
+    col.prop(s, "subject_height")
+    col.prop(s, "follow_camera")
+    col.prop(s, "add_floor")
 
 
 class DPOSE_PT_part_legend(bpy.types.Panel):

@@ -28,6 +28,8 @@ class PanelRequest:
     kind: str  # "image" or "video"
     run: object  # dpose_core.pipeline.RunOptions, validated
     scene: scene_builder.SceneOptions
+    camera_track: object = None  # the Camera to follow, sampled (world_setup.camera_track)
+    scene_fps: float = 30.0  # an image's one-frame motion is keyed at the scene's rate
 
     @property
     def label(self) -> str:
@@ -49,6 +51,7 @@ class Outcome:
     estimator: object
     checkpoint_sha256: str  # hashed in the worker: seconds for the real checkpoint
     part_overlay: object = None  # overlay_frames.OverlaySequence the worker wrote
+    takes: list | None = None  # an image's people, grounded in the worker
 
     @property
     def skipped(self) -> int:
@@ -124,6 +127,7 @@ def _scene_options(context, s, *, start_frame: int, collection: str) -> scene_bu
         depth_scale=s.depth_scale, target_rig=_target_rig(context, s),
         part_overlay=s.part_overlay, low_part_iou=s.low_part_iou,
         collection_name=f"D-PoSE {collection}", relief_cache_dir=settings["cache_dir"],
+        add_floor=s.add_floor and s.ground != "OFF",
     )
 
 
@@ -139,14 +143,16 @@ def image_request(context) -> PanelRequest:
         context.scene)
     if not path:
         raise DPoseError("Choose an image (or give the active camera a background image).")
-    run = RunOptions(inputs=[path], person=_person(s), fov_deg=_fov(s),
+    run = RunOptions(inputs=[path], person=_person(s), fov_deg=_fov(s), **_grounding(s),
                      **estimator_settings(context))
     run.validate()
     if run.is_video:
         raise DPoseError(f"{Path(path).name} is a video or folder: use Video / Sequence to "
                          f"Keyframes for it.")
+    frame = context.scene.frame_current
     return PanelRequest("image", run, _scene_options(
-        context, s, start_frame=context.scene.frame_current, collection=Path(path).stem))
+        context, s, start_frame=frame, collection=Path(path).stem),
+        camera_track=_camera_track(context, s, [0], frame), scene_fps=_scene_fps(context.scene))
 
 
 def video_request(context) -> PanelRequest:
@@ -163,7 +169,7 @@ def video_request(context) -> PanelRequest:
     run = RunOptions(
         inputs=[path], person=_person(s), bbox=box, fov_deg=_fov(s), smooth=s.smooth,
         start=s.frame_first, end=None if s.frame_last < 0 else s.frame_last + 1,
-        stride=s.stride, fps=s.fps or None, **estimator_settings(context),
+        stride=s.stride, fps=s.fps or None, **_grounding(s), **estimator_settings(context),
     )
     run.validate()
     if not run.is_video:
@@ -171,8 +177,31 @@ def video_request(context) -> PanelRequest:
                          f"it, or choose a video or a folder of images.")
     if box:
         check_box_inside(run)
+    track = None
+    if s.follow_camera is not None and run.ground != "off":
+        from ..dpose_core.frames import open_frames
+
+        count = len(open_frames(run.inputs[0], start=run.start, end=run.end, stride=run.stride))
+        track = _camera_track(context, s, range(run.start, run.start + count * run.stride,
+                                                run.stride), s.start_frame - run.start)
     return PanelRequest("video", run, _scene_options(
-        context, s, start_frame=s.start_frame, collection=Path(path).stem))
+        context, s, start_frame=s.start_frame, collection=Path(path).stem), camera_track=track)
+
+
+def _grounding(s) -> dict:
+    """The refine stage's options from the panel (the same RunOptions fields as the CLI)."""
+    return {"ground": s.ground.lower(), "foot_lock": float(s.foot_lock),
+            "subject_height": float(s.subject_height) if s.subject_height > 0 else None}
+
+
+def _camera_track(context, s, source_frames, frame_offset: int):
+    """The Camera to follow, sampled now (main thread) at the frames the job will solve."""
+    from . import world_setup
+
+    if s.follow_camera is None or s.ground == "OFF":
+        return None
+    return world_setup.camera_track(s.follow_camera, context.scene, frame_offset,
+                                    source_frames)
 
 
 def _fov(s) -> float | None:
@@ -221,9 +250,16 @@ def run_image(request: PanelRequest, ctx) -> Outcome:
     result = pipeline.estimate_images(
         request.run, estimator=estimator, progress=lambda done, total: ctx.progress(done, total),
         cancel=ctx.cancel_event, warn=ctx.warn)
+    from . import world_setup
+
     overlay = (scene_builder.still_overlay(result, 0, request.scene)
                if request.scene.part_overlay else None)
-    return Outcome(result, estimator, checkpoint_hash(estimator.checkpoint_path), overlay)
+    takes = scene_builder.takes_from_images(result, 0, request.scene_fps,
+                                            with_relief=request.scene.add_depth_plane)
+    takes = world_setup.refine_takes(takes, estimator.body_model, request.run,
+                                     camera_to_world=request.camera_track, warn=ctx.warn,
+                                     images=result)
+    return Outcome(result, estimator, checkpoint_hash(estimator.checkpoint_path), overlay, takes)
 
 
 def run_video(request: PanelRequest, ctx) -> Outcome:
@@ -241,6 +277,10 @@ def run_video(request: PanelRequest, ctx) -> Outcome:
         cancel=ctx.cancel_event, warn=ctx.warn,
         keep_maps=scene_builder.relief_keeper if request.scene.add_depth_plane else False,
         frame_maps=writer)
+    if result.tracks and request.run.ground != "off":  # a cancelled run: the frames done
+        ctx.progress(result.frames_processed, result.frames_total, "grounding")
+        pipeline.refine_tracks(result, estimator.body_model, request.run,
+                               camera_to_world=request.camera_track, warn=ctx.warn)
     return Outcome(result, estimator, checkpoint_hash(estimator.checkpoint_path),
                    None if writer is None else writer.finish())
 
@@ -260,8 +300,7 @@ def build(scene, request: PanelRequest, outcome: Outcome) -> list:
 
     result, estimator = outcome.result, outcome.estimator
     if request.kind == "image":
-        takes = scene_builder.takes_from_images(result, 0, _scene_fps(scene),
-                                                with_relief=request.scene.add_depth_plane)
+        takes = outcome.takes
         footage = scene_builder.footage_from_images(result, 0)
     else:
         if not result.tracks:

@@ -43,6 +43,7 @@ class Take:
     label: str
     motion: Motion
     reliefs: list[tuple[int, DepthReliefFrame]] = field(default_factory=list)
+    report: object = None  # the refine stage's RefineReport, when it grounded the motion
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class SceneOptions:
     relief_cache_dir: str | None = None  # where a sequence's per-frame relief is kept
     low_part_iou: float = DEFAULT_LOW_PART_IOU  # part agreement below this gets a marker
     part_overlay: bool = False  # the job writes the part map for a camera background
+    add_floor: bool = False  # grounded motion: a plane at Z = 0 (world_setup.floor_plane)
 
 
 def frame_offset(options: SceneOptions, footage: Footage | None) -> int:
@@ -156,7 +158,7 @@ def _target_rig(name: str | None):
 def _build(scene, takes, body_model, options, footage, record, target, part_overlay) -> list:
     import bpy
 
-    from . import evidence, keyframes, motion_import, provenance
+    from . import evidence, keyframes, motion_import, provenance, world_setup
 
     offset = frame_offset(options, footage)
     collection = scene.collection
@@ -166,6 +168,10 @@ def _build(scene, takes, body_model, options, footage, record, target, part_over
     created = []
     if target is not None:
         take = takes[0]
+        if take.motion.coordinate_frame != target.get("dpose_world_frame"):
+            raise DPoseError(f"The rig '{target.name}' is in the {target.get('dpose_world_frame')}"
+                             f" frame but the new motion is in {take.motion.coordinate_frame}: "
+                             "make a new rig, or set Ground to match the rig.")
         rig_offset = int(target.get(keyframes.PROP_FRAME_OFFSET, offset))
         motion = take.motion.replace(
             frame_indices=take.motion.frame_indices + (offset - rig_offset))
@@ -184,15 +190,21 @@ def _build(scene, takes, body_model, options, footage, record, target, part_over
             created.append(armature)
             created += [c for c in armature.children if c.type == "MESH"]
     image = _footage_image(footage) if footage is not None else None
+    camera = None
     if options.add_camera and footage is not None:
-        cam = _camera(scene, collection, footage, image, options)
+        camera = _camera(scene, collection, footage, image, options)
         if part_overlay is not None:
-            evidence.add_part_overlay(cam, str(part_overlay.first_file),
+            evidence.add_part_overlay(camera, str(part_overlay.first_file),
                                       frame_count=part_overlay.frame_count,
                                       frame_start=offset + part_overlay.first_frame)
-        created.append(cam)
+        created.append(camera)
+    planes = []
     if options.add_depth_plane and footage is not None:
-        created += _depth_planes(scene, collection, takes, footage, image, options)
+        planes = _depth_planes(scene, collection, takes, footage, image, options)
+        created += planes
+    rigs = [o for o in created if o.type == "ARMATURE"]  # grounded: camera, floor, contacts
+    created += world_setup.apply_grounding(scene, collection, takes, rigs, camera, offset,
+                                           add_floor=options.add_floor, planes=planes)
     if record is not None:
         for obj in created:
             provenance.stamp(obj, record)
@@ -333,7 +345,9 @@ def footage_from_images(result, image: int) -> Footage:
 def takes_from_video(result) -> list[Take]:
     """The tracks of a ``pipeline.VideoResult`` in track order; reliefs from ``result.maps``
     when the run kept them (``keep_maps=relief_keeper``)."""
-    return [Take(f"D-PoSE Track {number}", motion, list(result.maps.get(number, [])))
+    reports = getattr(result, "refine_reports", {})
+    return [Take(f"D-PoSE Track {number}", motion, list(result.maps.get(number, [])),
+                 reports.get(number))
             for number, motion in sorted(result.tracks.items())]
 
 

@@ -1,4 +1,4 @@
-"""`dpose` command line: info, convert, estimate, doctor.
+"""`dpose` command line: info, convert, estimate, merge, refine, doctor.
 
 Errors raised on purpose (`dpose_core.errors`) print one line and exit with status 2; a
 traceback means a bug. Heavy imports (onnxruntime, torch, cv2) happen inside the commands so
@@ -23,7 +23,15 @@ from .evidence_report import DEFAULT_LOW_PART_IOU
 from .farm_progress import STYLES as FARM_STYLES
 from .farm_progress import FarmProgress
 from .frames import DEFAULT_FOLDER_FPS
-from .pipeline import BACKENDS, DEFAULT_BATCH, DEFAULT_SMOOTH, DEVICES
+from .pipeline import (
+    BACKENDS,
+    DEFAULT_BATCH,
+    DEFAULT_FOOT_LOCK,
+    DEFAULT_GROUND,
+    DEFAULT_SMOOTH,
+    DEVICES,
+    GROUND_CHOICES,
+)
 
 EXIT_OK, EXIT_PROBLEM, EXIT_ERROR = 0, 1, 2
 
@@ -142,7 +150,8 @@ def run_options(args: argparse.Namespace):
         device=args.device, batch=args.batch, person=args.person, bbox=args.bbox or (),
         focal_px=args.focal, fov_deg=args.fov, smooth=args.smooth, start=args.start,
         end=args.end, stride=args.stride, fps=args.fps, chunk_overlap=args.chunk_overlap,
-        strict=args.strict, part_scores=not args.no_part_scores,
+        strict=args.strict, part_scores=not args.no_part_scores, ground=args.ground,
+        foot_lock=args.foot_lock, subject_height=args.subject_height,
     )
 
 
@@ -167,8 +176,7 @@ def _check_report_option(args: argparse.Namespace) -> None:
     from .evidence_report import check_threshold
 
     check_threshold(args.low_part_iou)
-    if args.report is not None and Path(args.report).suffix.lower() != ".json":
-        raise DPoseError(f"--report writes JSON: give a .json path, got {args.report}.")
+    _check_report_name(args.report)
 
 
 def _check_evidence_options(args: argparse.Namespace, video: bool) -> None:
@@ -207,11 +215,11 @@ def _write_overlays(result, overlay: str) -> None:
 
 
 def _write_evidence_report(args: argparse.Namespace, section: dict) -> None:
-    """--report: the run's part-agreement section, written atomically."""
-    from .evidence_report import write_report_json
+    """--report for image files: the part-agreement section, written atomically."""
+    from .report import write_report
 
-    write_report_json(args.report, {"part_agreement": section})
-    print(f"wrote {args.report}: part agreement report", file=sys.stderr)
+    write_report(args.report, {"part_agreement": section})
+    print(f"dpose: quality report -> {args.report}", file=sys.stderr)
 
 
 def _estimate_images(options, args: argparse.Namespace) -> int:
@@ -276,7 +284,34 @@ def _estimate_video(options, args: argparse.Namespace) -> int:
                                 progress=bar.progress)
     finally:
         bar.close()
+    if result.chunk is None:
+        _refine(result, estimator.body_model, options, bar)
     return _finish_video(result, args, bar)
+
+
+def _refine(result, body_model, options, bar) -> None:
+    """The pipeline's refine stage (ground, foot locks), once over the whole shot."""
+    from .pipeline import refine_tracks
+
+    if options.ground == "off" or not result.tracks:
+        return
+    bar.status(f"grounding {len(result.tracks)} track(s) (--ground {options.ground})")
+    refine_tracks(result, body_model, options, warn=_warn_through(bar))
+    for track, report in sorted(result.refine_reports.items()):
+        summary = report.summary()
+        bar.write(f"dpose: track {track}: grounded; foot skate "
+                  f"{_mm(summary['skate_mm_per_frame_before'])} -> "
+                  f"{_mm(summary['skate_mm_per_frame'])} mm/frame while in contact, "
+                  f"penetration max {_mm(summary['penetration_mm_max'])} mm", file=sys.stderr)
+
+
+def _mm(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _check_report_name(report: str | None) -> None:
+    if report is not None and Path(report).suffix.lower() != ".json":
+        raise DPoseError(f"The report is JSON: --report must end in .json, got {report}.")
 
 
 def _finish_video(result, args: argparse.Namespace, bar) -> int:
@@ -303,8 +338,15 @@ def _finish_video(result, args: argparse.Namespace, bar) -> int:
                   f"({result.rows_fps:g} per second) -> {path}")
         if args.report is not None:
             from .evidence_report import tracks_section
+            from .report import build_report, write_report
 
-            _write_evidence_report(args, tracks_section(result.tracks, args.low_part_iou))
+            write_report(args.report, build_report(result, extra_sections={
+                "part_agreement": tracks_section(result.tracks, args.low_part_iou)}))
+            print(f"dpose: quality report -> {args.report}")
+    if result.not_refined:
+        print(f"dpose: {len(result.not_refined)} track(s) not grounded, written in the camera "
+              "frame (said above)", file=sys.stderr)  # fmt: skip
+        return EXIT_PROBLEM
     skipped = result.problem_frames(interpolated=False)
     if skipped:
         print(f"dpose: {len(skipped)} of {result.frames_processed} frames skipped or unsolved "
@@ -327,19 +369,72 @@ def _parse_frames(text: str) -> tuple[int, int]:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """`dpose merge chunk_*.npz -o motion.npz`: farm chunks -> one shot's motion files."""
-    from .pipeline import RunOptions, merge_video
+    from .pipeline import RunOptions, check_refine_options, merge_video, open_body_model
 
     if Path(args.output).suffix.lower() != ".npz":
         raise DPoseError(f"The merge writes motion files: pass -o motion.npz, got {args.output}.")
     _check_report_option(args)
+    options = RunOptions(person=args.person, smooth=args.smooth, strict=args.strict,
+                         checkpoint=args.checkpoint, body_model=args.body_model,
+                         ground=args.ground, foot_lock=args.foot_lock,
+                         subject_height=args.subject_height)
+    check_refine_options(options)
+    _prepare_output(args.output)
+    _prepare_output(args.report)
     outputs = [p for p in (args.output, args.report) if p]
-    for path in outputs:
-        _prepare_output(path)
+    body_model = None
+    if options.ground != "off":  # checked before the merge: a wrong model fails at once
+        from .refine import check_body_model
+
+        try:
+            body_model = open_body_model(options)
+        except DPoseError as exc:
+            raise type(exc)(f"Grounding the merged shot needs the SMPL-X body (--checkpoint or "
+                            f"--body-model; --ground off skips it): {exc}") from exc
+        check_body_model(body_model)
     bar = _Progress(0, "merge", "frame", args.progress)  # no per-frame work: no bar
-    options = RunOptions(person=args.person, smooth=args.smooth, strict=args.strict)
     result = merge_video(args.chunks, options, frames=args.frames, allow_gaps=args.allow_gaps,
                          outputs=outputs, warn=_warn_through(bar))
+    _refine(result, body_model, options, bar)
     return _finish_video(result, args, bar)
+
+
+# ---------------------------------------------------------------------------- refine
+def cmd_refine(args: argparse.Namespace) -> int:
+    """`dpose refine MOTION.npz -o OUT.npz`: ground, lock and steady a motion file."""
+    from .motion_io import load_motion_npz
+    from .pipeline import RunOptions, _check_outputs, check_refine_options
+    from .refine import refine_file
+    from .report import build_report, write_report
+
+    _check_report_name(args.report)
+    check_refine_options(RunOptions(ground=args.ground, foot_lock=args.foot_lock,
+                                    subject_height=args.subject_height))
+    if args.ground == "off":
+        raise DPoseError("dpose refine grounds a motion: use --ground auto or none.")
+    inputs = [Path(p) for p in (args.motion, args.checkpoint, args.body_model) if p]
+    outputs = [Path(p) for p in (args.output, args.report) if p]
+    _check_outputs(inputs, outputs, video=False)
+    if not Path(args.motion).is_file():
+        raise DPoseError(f"The motion file {args.motion} does not exist.")
+    _prepare_output(args.output)
+    _prepare_output(args.report)
+    report = refine_file(args.motion, args.output, checkpoint=args.checkpoint,
+                         body_model=args.body_model, ground=args.ground,
+                         foot_lock=args.foot_lock, subject_height=args.subject_height)
+    summary = report.summary()
+    print(f"dpose: {report.frames} frame(s) grounded (--ground {args.ground}); foot skate "
+          f"{_mm(summary['skate_mm_per_frame_before'])} -> {_mm(summary['skate_mm_per_frame'])} "
+          f"mm/frame while in contact, penetration max {_mm(summary['penetration_mm_max'])} mm "
+          f"-> {args.output}")
+    for note in report.notes:
+        print(f"dpose: note: {note}", file=sys.stderr)
+    if args.report:
+        name = Path(args.motion).stem
+        write_report(args.report, build_report({name: load_motion_npz(args.output)},
+                                               {name: report}))
+        print(f"dpose: quality report -> {args.report}")
+    return EXIT_OK
 
 
 def _warn_through(bar):
@@ -563,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-overlap", type=int, metavar="K",
                    help="farm: write -o as a chunk of raw solves of frames --start..--end, "
                    "also solving K frames before --start (merge chunks with dpose merge)")
+    _ground_arguments(p, off=True)
     _report_arguments(p)
     p.add_argument("--no-part-scores", action="store_true",
                    help="do not score the solve against the network's part map (saves ~3%% of "
@@ -584,9 +680,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--person", default="all", help="'all', 'largest' or a track number")
     p.add_argument("--smooth", type=float, default=DEFAULT_SMOOTH,
                    help="smoothing strength: 0 off, 1 default, 2 twice as smooth")
+    p.add_argument("--checkpoint", help="paper_arxiv.ckpt: its SMPL-X body grounds the shot "
+                   "(default: $DPOSE_CHECKPOINT)")
+    p.add_argument("--body-model", help="SMPL-X model file instead of the checkpoint's own")
+    _ground_arguments(p, off=True)
     _report_arguments(p)
     _farm_arguments(p)
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("refine", help="ground a motion .npz: world Z up, floor at Z = 0, foot "
+                       "contacts and locks, a steady root")
+    p.add_argument("motion", help="SMPL-X motion .npz in the camera frame (dpose estimate's, "
+                   "or a refined one, refined again from its camera)")
+    p.add_argument("-o", "--output", required=True, help="the grounded motion .npz")
+    p.add_argument("--checkpoint", help="paper_arxiv.ckpt, for its SMPL-X body model")
+    p.add_argument("--body-model", help="SMPL-X model file (instead of --checkpoint)")
+    _ground_arguments(p, off=False)
+    p.set_defaults(func=cmd_refine)
 
     p = sub.add_parser("doctor", help="check the installation, checkpoint and body model")
     p.add_argument("--device", choices=DEVICES, default="auto",
@@ -599,12 +709,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", metavar="R.json",
-                   help="write a quality report: how well each frame's (or crop's) body agrees "
-                   "with the part map the network saw (mean part IoU, silhouette IoU, per-part "
-                   "IoU, the low frames)")
+                   help="write the quality report as JSON: per frame (per crop for images) how "
+                   "well the body agrees with the part map the network saw (mean part IoU, "
+                   "silhouette IoU, per-part IoU, the low frames); for videos also contacts, "
+                   "foot skate, float, penetration and the 2D residual")
     p.add_argument("--low-part-iou", type=float, default=DEFAULT_LOW_PART_IOU, metavar="X",
                    help="frames whose mean part IoU is below X are listed as low in the report "
                    f"(default {DEFAULT_LOW_PART_IOU:g})")
+
+
+def _parse_unit(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _ground_arguments(p: argparse.ArgumentParser, *, off: bool) -> None:
+    choices = GROUND_CHOICES if off else tuple(c for c in GROUND_CHOICES if c != "off")
+    p.add_argument("--ground", choices=choices, default=DEFAULT_GROUND,
+                   help="auto: a Z-up world with the floor found at Z = 0 (default); none: "
+                   "Z-up at the camera's level, no floor"
+                   + ("; off: camera-frame motion, as the network gives it" if off else ""))
+    p.add_argument("--foot-lock", type=_parse_unit, default=DEFAULT_FOOT_LOCK, metavar="0..1",
+                   help="hold contacting heels and toes still: 0 off, 1 fixed (default)")
+    p.add_argument("--subject-height", type=_parse_unit, metavar="METRES",
+                   help="the person's standing height: rescales the body and the scene")
 
 
 def _farm_arguments(p: argparse.ArgumentParser) -> None:

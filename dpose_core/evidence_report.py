@@ -5,15 +5,12 @@ per frame (videos) or per person crop (images) the mean part IoU, the silhouette
 23 per-part IoUs, a summary, and the frames whose mean part IoU is below a threshold: the
 ones to check or hand-key. Numbers are JSON-ready (NaN -> null, 4 decimals).
 
-    doc = {"part_agreement": tracks_section(result.tracks, threshold=0.4)}
-    write_report_json("R.json", doc)
+    section = tracks_section(result.tracks, threshold=0.4)
+    report.write_report("R.json", {"part_agreement": section})
 """
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -104,12 +101,3 @@ def images_section(result: ImagesResult, threshold: float = DEFAULT_LOW_PART_IOU
     out["per_crop"] = [{"row": k, "image": str(result.paths[int(image_index[k])]),
                         **scores.frame_summary(k)} for k in range(len(scores))]
     return out
-
-
-def write_report_json(path: str | os.PathLike, doc: dict) -> Path:
-    """Write a report document as JSON, atomically (strict JSON: no NaN)."""
-    from .atomic_io import write_text
-
-    text = json.dumps(doc, indent=1, allow_nan=False)
-    write_text(path, text + "\n")
-    return Path(path)

@@ -24,6 +24,10 @@ Public API:
     estimate_video(options, *, estimator=None, progress=None, cancel=None, on_frame=None,
                    warn=None, keep_maps=False, finder=None, frame_maps=None) -> VideoResult
     save_tracks(result, output) -> dict[int, Path]
+    refine_tracks(result, body_model, options, *, camera_to_world=None, warn=None)
+        -> dict[int, RefineReport]        (the refine stage: after estimate_video/merge_video)
+    refine_motions(motions, body_model, options, *, camera_to_world=None, warn=None)
+        -> (dict[key, Motion], dict[key, RefineReport])   (the same for image takes)
     select_people(boxes, person) -> indices; is_video_input(path) -> bool
     part_scorer(body_model) -> sequence.PartScorer
 Callbacks: progress(done, total) after each image/frame (total 0 when unknown);
@@ -68,6 +72,9 @@ NOBODY_WARNING_FRAMES = 100  # say at once when nobody has been found in this ma
 FOV_RANGE_DEG = (1.0, 179.0)
 BACKENDS = ("auto", "onnx", "torch")
 DEVICES = ("auto", "cpu", "cuda")
+GROUND_CHOICES = ("auto", "none", "off")
+DEFAULT_GROUND = "auto"  # grounded world-space motion unless asked otherwise (README)
+DEFAULT_FOOT_LOCK = 1.0
 BBOX_HINT = "pass --bbox x0,y0,x1,y1 (pixels) to say where the person is"
 
 Progress = Callable[[int, int], None]
@@ -125,6 +132,9 @@ class RunOptions:
     chunk_overlap: int | None = None
     strict: bool = False
     part_scores: bool = True
+    ground: str = DEFAULT_GROUND
+    foot_lock: float = DEFAULT_FOOT_LOCK
+    subject_height: float | None = None
     # Run state, not options (so dataclasses.asdict leaves them out): set by validate().
     _valid: ClassVar[bool] = False
     _loaded_body_model: ClassVar[Any] = None
@@ -201,6 +211,7 @@ class RunOptions:
             raise DPoseError(f"max_gap must be 0 or more frames, got {self.max_gap}.")
         if not isinstance(self.part_scores, bool | np.bool_):
             raise DPoseError(f"part_scores must be True or False, got {self.part_scores!r}.")
+        check_refine_options(self)
         if self.chunk_overlap is not None:
             if not isinstance(self.chunk_overlap, int | np.integer) or self.chunk_overlap < 0:
                 raise DPoseError(f"--chunk-overlap must be 0 or more frames, got "
@@ -232,6 +243,28 @@ class RunOptions:
     def validated(self, estimator=None) -> RunOptions:
         """self, validated unless nothing changed since the last validate()."""
         return self if self._valid else self.validate(estimator=estimator)
+
+
+def check_refine_options(options: RunOptions) -> None:
+    """The refine stage's options (ground, foot_lock, subject_height), one line each."""
+    from .refine import _HEIGHT_RANGE_M
+
+    _check_choice("ground", options.ground, GROUND_CHOICES)
+    lock = options.foot_lock
+    if isinstance(lock, bool) or not isinstance(lock, int | float | np.number) or not (
+            np.isfinite(lock) and 0.0 <= lock <= 1.0):
+        raise DPoseError(f"--foot-lock must be between 0 (off) and 1 (feet fixed while they "
+                         f"touch the floor), got {lock}.")
+    height = options.subject_height
+    if height is not None:
+        lo, hi = _HEIGHT_RANGE_M
+        if isinstance(height, bool) or not isinstance(height, int | float | np.number) or not (
+                np.isfinite(height) and lo <= height <= hi):
+            raise DPoseError(f"--subject-height must be the person's standing height in "
+                             f"metres, {lo:g} to {hi:g}, got {height}.")
+    if options.ground == "off" and height is not None:
+        raise DPoseError("--subject-height rescales the grounded motion: it needs --ground "
+                         "auto or none, not off.")
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -643,6 +676,9 @@ class VideoResult:
     gaps: list[tuple[int, int]] = field(default_factory=list)  # merge: unsolved [a, b) ranges
     provenance: dict = field(default_factory=dict)  # merge: what solved the chunks
     first_frame: int = 0  # the shot's first source frame (the run's start)
+    refine_reports: dict = field(default_factory=dict)  # refine_tracks: track -> RefineReport
+    not_refined: dict = field(default_factory=dict)  # refine_tracks: track -> why not
+    foot_evidence: dict = field(default_factory=dict)  # track -> (N,4) feet seen, see below
 
     @property
     def rows_fps(self) -> float:
@@ -723,6 +759,8 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
     total = len(frames)
     min_frames = 1 if len(user_boxes) else min(MIN_TRACK_FRAMES, total or MIN_TRACK_FRAMES)
     maps: dict[tuple[int, int], tuple[float, Any]] = {}  # (tracker id, frame) -> (conf, data)
+    evidence: dict[tuple[int, int], tuple[float, np.ndarray]] = {}  # same keys -> (conf, (4,))
+    want_evidence = options.ground != "off" and not chunked
     state = {"frames": 0, "people": 0, "warned": False}
 
     def frame_done(frame) -> None:
@@ -735,6 +773,12 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
             state["warned"] = True
             _notify(warn, f"Nobody found in the first {state['frames']} frames of {path.name}; "
                           f"if someone is there, {BBOX_HINT}.")
+        if want_evidence:
+            for person in frame.people:
+                key = (person.track_id, frame.index)
+                if key not in evidence or evidence[key][0] < person.confidence:
+                    labels = person.estimate.part_labels[person.row]
+                    evidence[key] = (person.confidence, foot_evidence(labels))
         if keep_maps:
             for person in frame.people:
                 key = (person.track_id, frame.index)
@@ -745,6 +789,9 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
                 maps[key] = (person.confidence, data)
         if frame_maps is not None:
             frame_maps(frame)
+        if not keep_maps:  # nothing per-pixel outlives the frame
+            for person in frame.people:
+                person.estimate = None
         if on_frame is not None:
             on_frame(frame)
 
@@ -754,7 +801,7 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
         frames, net, finder=finder, person="all", smooth=options.smooth, progress=progress,
         cancel=cancel, on_frame=frame_done, focal_px=focal, max_gap=options.max_gap,
         min_track_frames=min_frames, low_confidence=options.low_confidence,
-        frame_estimates=bool(keep_maps) or frame_maps is not None,
+        frame_estimates=bool(keep_maps) or frame_maps is not None or want_evidence,
         part_scorer=None if body_model is None else part_scorer(body_model))
     tracks = {int(k): m for k, m in seq.items()}
     if options.person == "largest":
@@ -772,6 +819,12 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
         source=path, source_kind=frames.kind, seconds=time.perf_counter() - started,
         first_frame=options.start,
         backend=str(getattr(net, "backend", "")), device=str(getattr(net, "device", "")))
+    if want_evidence:  # frames filled in between detections: unknown, 0.5
+        for number, motion in tracks.items():
+            tid = result.tracker_ids[number]
+            result.foot_evidence[number] = np.stack([
+                evidence[(tid, int(f))][1] if (tid, int(f)) in evidence else np.full(4, 0.5)
+                for f in motion.frame_indices])
     if keep_maps:
         for number in tracks:
             tid = result.tracker_ids[number]
@@ -926,3 +979,83 @@ def save_tracks(result: VideoResult, output: str | os.PathLike) -> dict[int, Pat
 
     paths = track_output_paths(output, sorted(result.tracks))
     return {track: save_motion_npz(path, result.tracks[track]) for track, path in paths.items()}
+
+
+# ----------------------------------------------------------------------------- refine stage
+CameraTrack = Callable[[np.ndarray], np.ndarray]  # source frame numbers (N,) -> (N,4,4)
+
+
+def refine_motions(motions: dict, body_model, options: RunOptions, *,
+                   camera_to_world: CameraTrack | None = None, warn: Warn | None = None,
+                   foot_evidence: dict | None = None) -> tuple[dict, dict, dict]:
+    """The refine stage over camera-frame motions (options.ground/foot_lock/subject_height).
+
+    Returns (motions, reports, not_grounded): each motion grounded in a Z-up world with its
+    camera per frame (dpose_core.refine), its RefineReport, and key -> why for the motions
+    that could not be grounded. camera_to_world maps a motion's source frame
+    numbers to OpenCV-camera-to-world matrices (N,4,4) of a moving camera (any scale: fixed
+    from the body); None for a still camera. A one-frame motion (an image) is grounded without
+    locks (locks need time). A motion the stage cannot ground (no foot on screen, no contact to
+    put a floor under) is kept as it was, in the camera frame, and warn says why once: the
+    network's work is never thrown away. foot_evidence: key -> (N,4) how much of each heel and
+    toe the network's part segmentation shows (`foot_evidence()`); it scales the contacts'
+    confidence. ground "off" returns the motions unchanged. Raises
+    DPoseError for options or a body model that do not fit (one line).
+    """
+    from .refine import check_body_model, refine_motion
+
+    check_refine_options(options)
+    if options.ground == "off" or not motions:
+        return dict(motions), {}, {}
+    check_body_model(body_model)
+    out, reports, problems = dict(motions), {}, {}
+    for key, motion in motions.items():
+        track = None
+        if camera_to_world is not None:
+            track = np.asarray(camera_to_world(np.asarray(motion.frame_indices)), np.float64)
+        lock = options.foot_lock if motion.num_frames > 1 else 0.0
+        try:
+            out[key], reports[key] = refine_motion(
+                motion, body_model, ground=options.ground, foot_lock=lock,
+                subject_height=options.subject_height, camera_to_world=track,
+                foot_evidence=(foot_evidence or {}).get(key))
+        except DPoseError as exc:
+            line = str(exc).strip().splitlines()[0]
+            _notify(warn, f"{_motion_name(key)} not grounded, kept in the camera frame: {line}")
+            problems[key] = line
+    return out, reports, problems
+
+
+def refine_tracks(result: VideoResult, body_model, options: RunOptions, *,
+                  camera_to_world: CameraTrack | None = None,
+                  warn: Warn | None = None) -> dict:
+    """The refine stage on every track of a video run or a farm merge (the whole shot once).
+
+    Replaces result.tracks with the refined motions; returns track -> RefineReport for the
+    tracks grounded (also kept as result.refine_reports; result.not_refined says why the
+    others were not). See refine_motions for the options and camera_to_world.
+    """
+    if result.chunk is not None:
+        raise DPoseError("A farm chunk holds raw solves: ground the shot after dpose merge.")
+    result.tracks, result.refine_reports, result.not_refined = refine_motions(
+        result.tracks, body_model, options, camera_to_world=camera_to_world, warn=warn,
+        foot_evidence=result.foot_evidence)
+    return dict(result.refine_reports)
+
+
+FOOT_EVIDENCE_PIXELS = 50  # pixels of a 224x224 crop's part map that fully show a heel or toe
+_FOOT_PART_NAMES = ("leftFoot", "leftToeBase", "rightFoot", "rightToeBase")  # heel, toe order
+
+
+def foot_evidence(part_labels: np.ndarray) -> np.ndarray:
+    """(4,) in [0, 1]: how much of the left heel, left toe, right heel, right toe the network's
+    part segmentation of one crop shows (its ankle/foot and toe parts, docs/part-labels.md)."""
+    from .part_labels import PART_CLASS
+
+    labels = np.asarray(part_labels)
+    counts = np.array([np.count_nonzero(labels == PART_CLASS[n]) for n in _FOOT_PART_NAMES])
+    return np.clip(counts / FOOT_EVIDENCE_PIXELS, 0.0, 1.0)
+
+
+def _motion_name(key) -> str:
+    return f"track {key}" if isinstance(key, int | np.integer) else str(key)

@@ -72,7 +72,8 @@ def ext(installed, checkpoint_path, onnx_cache_dir):
 
     import importlib
 
-    for name in ("panel_jobs", "scene_builder", "operators", "jobs", "keyframes", "headless"):
+    for name in ("panel_jobs", "scene_builder", "operators", "jobs", "keyframes", "headless",
+                 "anim_compat"):
         importlib.import_module(f"{EXT}.dpose_blender.{name}")
     yield Modules()
     sys.modules[f"{EXT}.dpose_blender.jobs"].cancel_all()
@@ -322,8 +323,12 @@ def test_image_operator_creates_rigs_camera_and_depth_plane(ext, image_file):
     assert s.last_report == f"Image: done, {found} rig(s)"
 
 
-def test_rig_joints_project_onto_network_joints(ext, image_file):
-    """Through the created camera the rig's joints land on the network's 2D joints."""
+@pytest.mark.parametrize("ground", ["OFF", "NONE"])
+def test_rig_joints_project_onto_network_joints(ext, image_file, ground):
+    """Through the created camera the rig's joints land on the network's 2D joints: exactly
+    for the camera-frame solve; in the world frame, within what the refine stage reports it
+    moved them. (The random-weight network puts no foot on screen here, so "Floor" would keep
+    the camera frame: test_world_setup covers the floor.)"""
     import bpy
 
     from dpose_core.relief import relief_frame_from_estimate, relief_geometry
@@ -333,6 +338,7 @@ def test_rig_joints_project_onto_network_joints(ext, image_file):
     scene.dpose.image_path = str(image_file)
     scene.dpose.people = "LARGEST"
     scene.dpose.add_depth_plane = True
+    scene.dpose.ground = ground
     job = ext.operators.start_job(bpy.context, ext.panel_jobs.image_request(bpy.context))
     assert job.wait(timeout=300) and job.state == ext.jobs.DONE, job.error_text
     estimate = job.result.result.estimate
@@ -341,7 +347,15 @@ def test_rig_joints_project_onto_network_joints(ext, image_file):
     world = np.array([(rig.matrix_world @ rig.pose.bones[n].head)[:] for n in JOINT_NAMES])
     scene_camera = sys.modules[f"{EXT}.dpose_blender.scene_camera"]
     pixels = scene_camera.project_to_pixels(scene, scene.camera, world)
-    assert np.abs(pixels - estimate.joints2d[0, : len(JOINT_NAMES)]).max() < 0.5
+    error = np.linalg.norm(pixels - estimate.joints2d[0, : len(JOINT_NAMES)], axis=1)
+    if ground == "OFF":
+        assert error.max() < 0.5
+        assert "dpose_contact_left_heel" not in rig
+    else:
+        (take,) = job.result.takes
+        assert take.motion.coordinate_frame == "world_z_up" and "dpose_contact_left_heel" in rig
+        moved = float(take.report.reprojection_px[0])  # mean px over the body, core's own
+        assert error[:22].mean() <= moved + 0.5
     # The relief from the same estimate projects onto its depth-map pixel centres.
     plane = next(o for o in job.created if o.name.startswith("D-PoSE Depth"))
     centres = relief_geometry(relief_frame_from_estimate(estimate, 0), 0.5).pixels
@@ -435,6 +449,46 @@ def test_sequence_operator_keys_every_frame_of_a_video(ext, video_file):
     assert any(len(a) != len(b) or np.abs(a - b).max() > 1e-6 for a, b in pairs)
     assert scene.camera.data.background_images[0].image.source == "MOVIE"
     assert '"kind": "sequence"' in rig["dpose_provenance"]
+
+
+def test_sequence_follows_an_animated_camera_and_keys_contacts(ext, video_file):
+    """Ground + Camera: the body follows a keyed camera (as a Motion Tracking solve would be):
+    the D-PoSE camera moves along the tracked path (turned into the floor's world and scaled
+    by the track scale the refine stage found), and the contacts are keyed on the rig."""
+    import bpy
+
+    scene = bpy.context.scene
+    tracked = bpy.data.objects.new("Tracked", bpy.data.cameras.new("Tracked"))
+    scene.collection.objects.link(tracked)
+    tracked.rotation_euler = (1.45, 0.0, 0.0)
+    for frame, x in ((1, 0.0), (3, 0.4)):
+        tracked.location = (x, -4.0, 1.5)
+        tracked.keyframe_insert("location", frame=frame)
+    s = scene.dpose
+    s.sequence_path, s.people, s.start_frame = str(video_file), "LARGEST", 1
+    s.use_box, s.box = True, BOX
+    s.ground, s.foot_lock, s.follow_camera = "NONE", 1.0, tracked
+    job = ext.operators.start_job(bpy.context, ext.panel_jobs.video_request(bpy.context))
+    assert job.wait(timeout=300) and job.state == ext.jobs.DONE, job.error_text
+    report = job.result.result.refine_reports[0]
+    assert report.track_scale is not None and report.track_scale > 0
+    (rig,) = _rigs()
+    cam = scene.camera
+    assert cam.name.startswith("D-PoSE Camera") and cam.animation_data is not None
+    poses, track = [], []
+    for frame in (1, 2, 3):
+        scene.frame_set(frame)
+        poses.append(np.array(cam.matrix_world, dtype=np.float64))
+        track.append(np.array(tracked.matrix_world, dtype=np.float64))
+    turn = poses[0][:3, :3] @ track[0][:3, :3].T  # tracked world -> D-PoSE world
+    for k in (1, 2):
+        np.testing.assert_allclose(poses[k][:3, :3], turn @ track[k][:3, :3], atol=1e-4)
+        step = poses[k][:3, 3] - poses[0][:3, 3]
+        expected = report.track_scale * (turn @ (track[k][:3, 3] - track[0][:3, 3]))
+        np.testing.assert_allclose(step, expected, atol=1e-5)
+    for name in ("dpose_contact_left_heel", "dpose_contact_right_toe", "dpose_foot_skate_mm"):
+        fcurve = ext.anim_compat.find_fcurve(rig, f'["{name}"]')
+        assert fcurve is not None and len(fcurve.keyframe_points) == 3, name
 
 
 def test_corrupt_frame_is_reported_and_skipped(ext, folder_with_corrupt_frame):
@@ -771,6 +825,7 @@ def test_cli_panel_and_farm_script_agree_on_a_real_photo(ext, astronaut_png, che
     # The panel: one rig per person, keyed at the current frame, and the matching camera.
     scene = bpy.context.scene
     scene.dpose.image_path, scene.dpose.people = str(astronaut_png), "ALL"
+    scene.dpose.ground = "OFF"  # the camera-frame solve, as in the CLI's per-crop JSON
     assert bpy.ops.dpose.estimate_image() == {"FINISHED"}
     rigs = [bpy.data.objects[f"D-PoSE Person {k}"] for k in range(people)]
     assert len(_rigs()) == people
@@ -787,7 +842,7 @@ def test_cli_panel_and_farm_script_agree_on_a_real_photo(ext, astronaut_png, che
     code = ext.headless.main(["blender", "--", "--input", str(astronaut_png),
                               "--output", str(tmp_path / "farm.blend"), "--npz", str(npz),
                               "--checkpoint", str(checkpoint_path), "--device", "cpu",
-                              "--cache-dir", str(onnx_cache_dir)])
+                              "--cache-dir", str(onnx_cache_dir), "--ground", "off"])
     assert code == 0
     body = BodyModel.from_arrays(load_checkpoint_arrays(checkpoint_path, only=BODY_MODEL_PREFIX))
     for k, path in track_output_paths(npz, list(range(people))).items():

@@ -60,7 +60,8 @@ def test_openjd_template_passes_check():
 def test_openjd_job_solves_every_frame_once_then_merges_all_chunks(tmp_path):
     calls = _openjd_run(tmp_path, FrameStart=10, FrameEnd=259, ChunkSize=100, ChunkOverlap=16,
                         PersonBox="-80,-40,260,420", Strict="true", ExportFBX="true",
-                        Checkpoint="/models/paper_arxiv.ckpt")
+                        Checkpoint="/models/paper_arxiv.ckpt", Ground="none", FootLock=0.5,
+                        SubjectHeight=1.75)
     solves = [c for c in calls if c[0] == "dpose"]
     merges = [c for c in calls if c[0] == "blender"]
     assert len(solves) == 3 and len(merges) == 1
@@ -87,6 +88,12 @@ def test_openjd_job_solves_every_frame_once_then_merges_all_chunks(tmp_path):
     assert "--bvh" not in rest and "--strict" in rest
     assert _option(rest, "--checkpoint") == "/models/paper_arxiv.ckpt"
     assert all(_option(argv, "--checkpoint") == "/models/paper_arxiv.ckpt" for argv in solves)
+    # Grounding runs once, on the merged shot; the chunks stay raw solves.
+    assert _option(rest, "--ground") == "none" and float(_option(rest, "--foot-lock")) == 0.5
+    assert float(_option(rest, "--subject-height")) == 1.75
+    assert _option(rest, "--report") == str(tmp_path / "out" / "report.json")
+    assert not any(a in argv for argv in solves
+                   for a in ("--ground", "--foot-lock", "--subject-height", "--report"))
 
 
 def test_openjd_job_leaves_out_unset_options(tmp_path):
@@ -98,6 +105,8 @@ def test_openjd_job_leaves_out_unset_options(tmp_path):
     for flag in ("--fbx", "--bvh", "--gltf", "--retarget-to", "--bone-map", "--root-motion"):
         assert flag not in merge, flag
     assert merge[1:4] == ["-b", "-y", "--python"]  # no scene .blend opened
+    assert _option(merge, "--ground") == "auto" and float(_option(merge, "--foot-lock")) == 1.0
+    assert "--subject-height" not in merge  # 0: the body's own height
 
 
 def test_openjd_merge_retargets_onto_the_scenes_character_and_exports_it(tmp_path):
@@ -129,7 +138,8 @@ def _compile_flamenco(tmp_path: Path, **settings) -> dict:
               "device": "auto", "person_box": "", "smooth": 1.0, "export_fbx": False,
               "export_bvh": False, "export_gltf": False, "fbx_preset": "blender",
               "scene_blend": "", "retarget_to": "", "bone_map": "", "root_motion": "bone",
-              "strict": False, **settings}
+              "strict": False, "ground": "auto", "foot_lock": 1.0, "subject_height": 0.0,
+              **settings}
     path = tmp_path / "settings.json"
     path.write_text(json.dumps(values))
     proc = subprocess.run([shutil.which("node"), str(HARNESS), str(JOB_TYPE), str(path)],
@@ -143,12 +153,14 @@ def test_flamenco_job_type_settings_cover_the_job(tmp_path):
     doc = _compile_flamenco(tmp_path)
     keys = {s["key"] for s in doc["job_type"]["settings"]}
     assert {"input", "output_dir", "frames", "chunk_size", "chunk_overlap", "checkpoint",
-            "device", "person_box", "headless_script", "strict"} <= keys
+            "device", "person_box", "headless_script", "strict", "ground", "foot_lock",
+            "subject_height"} <= keys
 
 
 def test_flamenco_tasks_cover_every_frame_once_and_merge_depends_on_all(tmp_path):
     doc = _compile_flamenco(tmp_path, frames="5-254", chunk_size=100, chunk_overlap=16,
-                            checkpoint="/models/paper_arxiv.ckpt", export_bvh=True)
+                            checkpoint="/models/paper_arxiv.ckpt", export_bvh=True,
+                            ground="none", foot_lock=0.25, subject_height=1.6)
     tasks = {t["name"]: t for t in doc["tasks"]}
     solves = [t for t in doc["tasks"] if t["name"].startswith("solve-")]
     assert [t["name"] for t in solves] == ["solve-5-104", "solve-105-204", "solve-205-254"]
@@ -167,6 +179,7 @@ def test_flamenco_tasks_cover_every_frame_once_and_merge_depends_on_all(tmp_path
         assert cmd["totalStepCount"] == end - start + warm  # one progress step per frame
         assert _option(args, "--checkpoint") == "/models/paper_arxiv.ckpt"
         assert _option(args, "--chunk-output") == f"/farm/sh010/chunks/chunk_{start:06d}.npz"
+        assert "--ground" not in args and "--report" not in args  # raw solves
         covered += range(start, end)
     assert covered == list(range(5, 255))
     merge = tasks["merge"]
@@ -176,6 +189,18 @@ def test_flamenco_tasks_cover_every_frame_once_and_merge_depends_on_all(tmp_path
     assert listed == [f"/farm/sh010/chunks/chunk_{s:06d}.npz" for s in (5, 105, 205)]
     assert _option(args, "--bvh") == "/farm/sh010/motion.bvh" and "--fbx" not in args
     assert _option(args, "--checkpoint") == "/models/paper_arxiv.ckpt"  # the rig's body model
+    assert _option(args, "--ground") == "none" and float(_option(args, "--foot-lock")) == 0.25
+    assert float(_option(args, "--subject-height")) == 1.6
+    assert _option(args, "--report") == "/farm/sh010/report.json"
+    plain = _compile_flamenco(tmp_path)["tasks"][-1]["commands"][0]["parameters"]["args"]
+    assert _option(plain, "--ground") == "auto" and "--subject-height" not in plain
+
+
+@pytest.mark.parametrize("setting, message", [({"ground": "floor"}, "ground must be"),
+                                              ({"foot_lock": 2.0}, "foot_lock must be")])
+def test_flamenco_refuses_bad_grounding_settings(tmp_path, setting, message):
+    with pytest.raises(RuntimeError, match=message):
+        _compile_flamenco(tmp_path, **setting)
 
 
 def test_flamenco_merge_retargets_onto_the_scenes_character(tmp_path):

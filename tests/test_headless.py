@@ -206,7 +206,8 @@ def test_farm_npz_agrees_with_the_cli_json(tmp_path, checkpoint_path, onnx_cache
     doc = json.loads(out_json.read_text())
     code, out = _run(["--input", photo, "--output", tmp_path / "farm.blend", "--checkpoint",
                       checkpoint_path, "--device", "cpu", "--cache-dir", onnx_cache_dir,
-                      "--person", "largest", "--npz", tmp_path / "farm.npz"], tmp_path)
+                      "--person", "largest", "--npz", tmp_path / "farm.npz",
+                      "--ground", "off"], tmp_path)  # the camera-frame solve, as in the JSON
     assert code == 0, out
     with np.load(tmp_path / "farm.npz") as npz:
         poses, trans = npz["poses"], npz["trans"]
@@ -214,3 +215,57 @@ def test_farm_npz_agrees_with_the_cli_json(tmp_path, checkpoint_path, onnx_cache
     np.testing.assert_allclose(poses[0, :66], np.ravel(doc["pose_axis_angle"][0]), atol=1e-5)
     np.testing.assert_allclose(trans[0], doc["cam_t"][0], atol=1e-5)
     np.testing.assert_allclose(focal[0], doc["focal_px"][0], atol=1e-9)
+
+
+def test_ground_auto_end_to_end(tmp_path, checkpoint_path, image_folder, onnx_cache_dir):
+    """--ground auto on a tiny clip with --bbox: world-space motion file with its camera, the
+    quality report, and in the .blend the rig, the camera placed by camera_to_world, the
+    contacts keyed on the rig and the floor plane."""
+    out_blend, npz, report = tmp_path / "g.blend", tmp_path / "g.npz", tmp_path / "r.json"
+    code, out = _run(["--input", image_folder, "--output", out_blend, "--checkpoint",
+                      checkpoint_path, "--device", "cpu", "--cache-dir", onnx_cache_dir,
+                      "--bbox", "20,5,80,115", "--npz", npz, "--report", report, "--floor",
+                      "--ground", "auto", "--foot-lock", "0.5"], tmp_path)
+    assert code == 0, out
+    assert "track 0 grounded" in out and "quality report" in out
+    from dpose_core.motion_io import load_motion_npz
+
+    motion = load_motion_npz(npz)
+    assert motion.coordinate_frame == "world_z_up" and motion.camera_to_world.shape == (3, 4, 4)
+    data = json.loads(report.read_text())
+    track = data["tracks"][0]
+    assert track["grounded"] and track["refine"]["foot_lock"] == 0.5
+    assert len(track["refine"]["per_frame"]["skate_mm"]) == 3
+    script = (
+        "import bpy, json\n"
+        f"bpy.ops.wm.open_mainfile(filepath={str(out_blend)!r})\n"
+        "rig = next(o for o in bpy.data.objects if o.type == 'ARMATURE')\n"
+        "cam = bpy.context.scene.camera\n"
+        "print('RESULT', json.dumps({'contact': 'dpose_contact_left_heel' in rig,"
+        " 'floor': 'D-PoSE Floor' in bpy.data.objects,"
+        " 'cam': [list(r) for r in cam.matrix_world]}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+    info = json.loads(line[len("RESULT "):])
+    assert info["contact"] and info["floor"]
+    expected = motion.camera_to_world[0] @ np.diag([1.0, -1.0, -1.0, 1.0])
+    np.testing.assert_allclose(np.array(info["cam"]), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--camera", "Nope"], "--camera 'Nope' is not a camera in the opened .blend"),
+    (["--foot-lock", "3"], "--foot-lock must be between 0 (off) and 1"),
+    (["--subject-height", "9"], "--subject-height must be the person's standing height"),
+    (["--report", "r.txt"], "must end in .json"),
+    (["--ground", "off", "--subject-height", "1.8"], "needs --ground auto or none"),
+])
+def test_bad_grounding_options_fail_before_work(args, message, tmp_path, checkpoint_path,
+                                                image_folder):
+    code, out = _run(["--input", image_folder, "--output", tmp_path / "o.blend",
+                      "--checkpoint", checkpoint_path, *args], tmp_path)
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert code == 2, out
+    assert len(errors) == 1 and message in errors[0], out
+    assert "Traceback" not in out and not (tmp_path / "o.blend").exists()

@@ -15,7 +15,7 @@ from dpose_core import preprocess
 from dpose_core.body_model import BodyModel
 from dpose_core.chunks import read_chunk, write_chunk
 from dpose_core.estimator import Estimate
-from dpose_core.evidence_report import images_section, tracks_section, write_report_json
+from dpose_core.evidence_report import images_section, tracks_section
 from dpose_core.motion import FLAG_INTERPOLATED
 from dpose_core.motion_io import load_motion_npz
 from dpose_core.part_agreement import render_part_labels, skinned_vertices
@@ -27,6 +27,7 @@ from dpose_core.pipeline import (
     merge_video,
     save_tracks,
 )
+from dpose_core.report import write_report
 from dpose_core.rotations import axis_angle_to_matrix
 from dpose_core.skeleton import JOINT_NAMES
 
@@ -204,7 +205,7 @@ def test_images_are_scored_per_person_crop(body, tmp_path):
     assert np.all(result.scores.silhouette_iou > 0.5)
     section = images_section(result, threshold=0.97)
     assert section["low_rows"] == [0, 1] and section["per_crop"][1]["image"] == str(photos[1])
-    report = write_report_json(tmp_path / "r.json", {"part_agreement": section})
+    report = write_report(tmp_path / "r.json", {"part_agreement": section})
     assert json.loads(report.read_text())["part_agreement"]["frames_scored"] == 2
     off = estimate_images(RunOptions(inputs=photos, bbox=net.person_box(), part_scores=False),
                           estimator=net)

@@ -4,8 +4,9 @@
 //
 // Each solve task runs Blender headless on one chunk of source frames (plus the overlap before
 // it, used to match people across the seam) and writes a chunk file; the merge task depends on
-// all of them and runs the smoothing, gap filling and scene building once over the whole shot,
-// so the result does not depend on where the seams fall.
+// all of them and runs the smoothing, gap filling, grounding and scene building once over the
+// whole shot (and writes the quality report), so the result does not depend on where the
+// seams fall.
 
 const JOB_TYPE = {
   label: "D-PoSE Mocap",
@@ -31,6 +32,12 @@ const JOB_TYPE = {
       description: "Optional x0,y0,x1,y1 in pixels: the person to follow (empty: find people)" },
     { key: "smooth", type: "float", default: 1.0, propargs: { min: 0.0 },
       description: "Smoothing strength at the merge (0 off, 1 default, 2 twice as smooth)" },
+    { key: "ground", type: "string", default: "auto", choices: ["auto", "none", "off"],
+      description: "auto: rigs on the floor found at Z = 0; none: Z up at the camera's level, no floor; off: the camera-frame solve (applied once to the merged shot)" },
+    { key: "foot_lock", type: "float", default: 1.0, propargs: { min: 0.0, max: 1.0 },
+      description: "Hold contacting heels and toes still (0 off, 1 fixed)" },
+    { key: "subject_height", type: "float", default: 0.0, propargs: { min: 0.0, max: 2.8 },
+      description: "The person's standing height in metres (0: the body's own)" },
     { key: "export_fbx", type: "bool", default: false, description: "Also write motion.fbx" },
     { key: "export_bvh", type: "bool", default: false, description: "Also write motion.bvh" },
     { key: "export_gltf", type: "bool", default: false,
@@ -85,7 +92,8 @@ function compileJob(job) {
 
   const merge = author.Task("merge", "blender");
   const outputs = ["--output", path.join(s.output_dir, "motion.blend"),
-                   "--npz", path.join(s.output_dir, "motion.npz")];
+                   "--npz", path.join(s.output_dir, "motion.npz"),
+                   "--report", path.join(s.output_dir, "report.json")];
   if (s.export_fbx) {
     outputs.push("--fbx", path.join(s.output_dir, "motion.fbx"),
                  "--fbx-preset", s.fbx_preset || "blender");
@@ -101,6 +109,7 @@ function compileJob(job) {
     mergeArgs.push("--retarget-to", s.retarget_to, "--root-motion", s.root_motion || "bone");
     if (s.bone_map) mergeArgs.push("--bone-map", s.bone_map);
   }
+  mergeArgs.push(...groundOptions(s));
   merge.addCommand(author.Command("blender-render", {
     exe: "{blender}",
     exeArgs: "{blenderArgs}",
@@ -112,6 +121,21 @@ function compileJob(job) {
     merge.addDependency(t);
   }
   job.addTask(merge);
+}
+
+// The refine stage runs once, on the merged shot (a chunk holds raw solves).
+function groundOptions(s) {
+  const ground = s.ground || "auto";
+  if (!["auto", "none", "off"].includes(ground)) {
+    throw `ground must be auto, none or off, got "${ground}"`;
+  }
+  const lock = s.foot_lock === undefined ? 1.0 : Number(s.foot_lock);
+  if (!(lock >= 0 && lock <= 1)) {
+    throw `foot_lock must be between 0 and 1, got ${s.foot_lock}`;
+  }
+  const args = ["--ground", ground, "--foot-lock", String(lock)];
+  if (s.subject_height) args.push("--subject-height", String(s.subject_height));
+  return args;
 }
 
 // Options every solve task shares; they are recorded in each chunk, and the merge refuses
