@@ -696,6 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="paper_arxiv.ckpt, for its SMPL-X body model")
     p.add_argument("--body-model", help="SMPL-X model file (instead of --checkpoint)")
     _ground_arguments(p, off=False)
+    p.add_argument("--report", metavar="R.json",
+                   help="write the quality report (per frame: confidence, contacts, foot "
+                   "skate, float, penetration, 2D residual) as JSON")
     p.set_defaults(func=cmd_refine)
 
     p = sub.add_parser("doctor", help="check the installation, checkpoint and body model")

@@ -72,13 +72,15 @@ def test_merge_refuses_a_missing_chunk_and_mixed_checkpoints_in_one_line(
     assert _chunk(folder, last, 4, 6, 1, checkpoint_path, onnx_cache_dir).returncode == 0
     out = tmp_path / "motion.npz"
     out.write_bytes(b"old motion")
-    proc = _dpose("merge", first, last, "--frames", "0-5", "-o", out, env_cache=onnx_cache_dir)
+    proc = _dpose("merge", first, last, "--frames", "0-5", "--ground", "off", "-o", out,
+                  env_cache=onnx_cache_dir)
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("dpose: error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr
     assert "No chunk covers source frames 2-3:" in errors[0] and "Traceback" not in proc.stderr
     assert out.read_bytes() == b"old motion"
 
-    filled = _dpose("merge", first, last, "--allow-gaps", "-o", tmp_path / "filled.npz",
+    filled = _dpose("merge", first, last, "--allow-gaps", "--ground", "off", "-o",
+                    tmp_path / "filled.npz",
                     env_cache=onnx_cache_dir)
     assert filled.returncode == 1, filled.stderr  # written, with the gap flagged
     from dpose_core.motion_io import load_motion_npz
@@ -93,6 +95,7 @@ def test_merge_refuses_a_missing_chunk_and_mixed_checkpoints_in_one_line(
     chunk = read_chunk(last)
     chunk.provenance["checkpoint_sha256"] = "0" * 64
     write_chunk(other, chunk)
-    mixed = _dpose("merge", first, other, "-o", tmp_path / "m.npz", env_cache=onnx_cache_dir)
+    mixed = _dpose("merge", first, other, "--ground", "off", "-o", tmp_path / "m.npz",
+                   env_cache=onnx_cache_dir)
     assert mixed.returncode == 2 and mixed.stderr.count("dpose: error:") == 1
     assert "come from different runs (checkpoint_sha256" in mixed.stderr
