@@ -343,16 +343,17 @@ def _finish_video(result, args: argparse.Namespace, bar) -> int:
             write_report(args.report, build_report(result, extra_sections={
                 "part_agreement": tracks_section(result.tracks, args.low_part_iou)}))
             print(f"dpose: quality report -> {args.report}")
+    code = EXIT_OK
     if result.not_refined:
         print(f"dpose: {len(result.not_refined)} track(s) not grounded, written in the camera "
               "frame (said above)", file=sys.stderr)  # fmt: skip
-        return EXIT_PROBLEM
+        code = EXIT_PROBLEM
     skipped = result.problem_frames(interpolated=False)
     if skipped:
         print(f"dpose: {len(skipped)} of {result.frames_processed} frames skipped or unsolved "
               "(listed above)", file=sys.stderr)  # fmt: skip
-        return EXIT_PROBLEM
-    return EXIT_OK
+        code = EXIT_PROBLEM
+    return code
 
 
 def _parse_frames(text: str) -> tuple[int, int]:

@@ -322,7 +322,8 @@ def test_cli_small_video_with_automatic_person_finding(tmp_path, checkpoint_path
     clip = tmp_path / "small_160x90.avi"
     _write_clip(clip, 4)
     out = tmp_path / "motion.npz"
-    result = _dpose("estimate", clip, "--checkpoint", checkpoint_path, "-o", out,
+    result = _dpose("estimate", clip, "--ground", "off",  # guards, not grounding
+                    "--checkpoint", checkpoint_path, "-o", out,
                     cache_dir=onnx_cache_dir)
     _assert_clean(result)
     assert result.returncode == 0, result.stderr
@@ -350,7 +351,8 @@ def test_cli_video_damaged_in_the_middle_goes_on(tmp_path, checkpoint_path, onnx
     _write_clip(clip, 7)
     _damage_avi_frames(clip, {3, 4, 5})
     out = tmp_path / "motion.npz"
-    result = _dpose("estimate", clip, "--checkpoint", checkpoint_path, "-o", out,
+    result = _dpose("estimate", clip, "--ground", "off",  # guards, not grounding
+                    "--checkpoint", checkpoint_path, "-o", out,
                     f"--bbox={BOX}", cache_dir=onnx_cache_dir)
     _assert_clean(result)
     assert result.returncode == 1, result.stderr  # finished, and says frames were skipped
@@ -369,7 +371,8 @@ def test_cli_folder_with_an_empty_frame_skips_it(tmp_path, checkpoint_path, onnx
         cv2.imwrite(str(folder / f"frame{i}.png"), _noise(90, 160, seed=i))
     (folder / "frame2.png").write_bytes(b"")
     out = tmp_path / "motion.npz"
-    result = _dpose("estimate", folder, "--checkpoint", checkpoint_path, "-o", out,
+    result = _dpose("estimate", folder, "--ground", "off",  # guards, not grounding
+                    "--checkpoint", checkpoint_path, "-o", out,
                     f"--bbox={BOX}", cache_dir=onnx_cache_dir)
     _assert_clean(result)
     assert result.returncode == 1, result.stderr  # finished, and says a frame was skipped
