@@ -203,8 +203,10 @@ def test_headless_overlay_and_scores_in_the_blend(tmp_path, checkpoint_path, onn
         f"bpy.ops.wm.open_mainfile(filepath={str(out_blend)!r})\n"
         "rig = next(o for o in bpy.data.objects if o.type == 'ARMATURE')\n"
         "cam = bpy.context.scene.camera\n"
-        "bag = rig.animation_data.action.layers[0].strips[0].channelbags[0]\n"
-        "fc = bag.fcurves.find('[\"dpose_part_iou_mean\"]')\n"
+        "act = rig.animation_data.action\n"  # slotted actions from 4.4, legacy in 4.2
+        "fcs = (act.layers[0].strips[0].channelbags[0].fcurves if getattr(act, 'layers', None)"
+        " else act.fcurves)\n"
+        "fc = fcs.find('[\"dpose_part_iou_mean\"]')\n"
         "bgs = cam.data.background_images\n"
         "user = bgs[1].image_user\n"
         "print('RESULT', json.dumps({'keys': [list(k.co) for k in fc.keyframe_points],"
