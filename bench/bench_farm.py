@@ -90,8 +90,10 @@ def main() -> None:
         if ckpt is None:
             from tests.synth_body import write_synthetic_smplx_npz
             from tests.synth_checkpoint import write_random_checkpoint
+            from tests.synth_tube_body import write_tube_smplx_npz
 
-            write_synthetic_smplx_npz(tmp / "body.npz", seed=0)
+            write_synthetic_smplx_npz(tmp / "blob.npz", seed=0)
+            write_tube_smplx_npz(tmp / "body.npz", tmp / "blob.npz")  # renders like a body
             ckpt = str(write_random_checkpoint(tmp / "ckpt.ckpt", tmp / "body.npz", seed=0))
         clip, cache = tmp / "clip.avi", tmp / "cache"
         _clip(clip, args.frames)
