@@ -1,5 +1,6 @@
 """The repository is self-contained: code, tests and benchmarks cite its own docs/ pages (which
-must exist, with the cited sections), never outside documents or the ../shared folder."""
+must exist, with the cited sections), never documents outside it (such as the reference notes
+beside the checkout)."""
 
 import re
 from pathlib import Path
