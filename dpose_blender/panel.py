@@ -37,12 +37,17 @@ def draw_progress(layout, context) -> bool:
     return True
 
 
-class DPOSE_PT_main(bpy.types.Panel):
-    bl_label = "D-PoSE"
-    bl_idname = "DPOSE_PT_main"
+class SidebarPanel:
+    """Where every D-PoSE panel lives: 3D Viewport > Sidebar (N) > tab "D-PoSE"."""
+
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "D-PoSE"
+
+
+class DPOSE_PT_main(SidebarPanel, bpy.types.Panel):
+    bl_label = "D-PoSE"
+    bl_idname = "DPOSE_PT_main"
 
     def draw(self, context):
         layout = self.layout
@@ -83,14 +88,11 @@ def _draw_grounding(box, s) -> None:
     col.prop(s, "add_floor")
 
 
-class DPOSE_PT_part_legend(bpy.types.Panel):
+class DPOSE_PT_part_legend(SidebarPanel, bpy.types.Panel):
     """The part colours of the Part Overlay (the same as `dpose estimate --overlay`)."""
 
     bl_label = "Part Colours"
     bl_parent_id = "DPOSE_PT_main"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "D-PoSE"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
@@ -101,12 +103,9 @@ class DPOSE_PT_part_legend(bpy.types.Panel):
             flow.label(text=name, icon_value=icon.icon_id)
 
 
-class DPOSE_PT_image(bpy.types.Panel):
+class DPOSE_PT_image(SidebarPanel, bpy.types.Panel):
     bl_label = "Estimate Pose from Image"
     bl_parent_id = "DPOSE_PT_main"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "D-PoSE"
 
     def draw(self, context):
         layout = self.layout
@@ -119,12 +118,9 @@ class DPOSE_PT_image(bpy.types.Panel):
         col.operator("dpose.estimate_image", icon="ARMATURE_DATA")
 
 
-class DPOSE_PT_sequence(bpy.types.Panel):
+class DPOSE_PT_sequence(SidebarPanel, bpy.types.Panel):
     bl_label = "Video / Sequence to Keyframes"
     bl_parent_id = "DPOSE_PT_main"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "D-PoSE"
 
     def draw(self, context):
         layout = self.layout
@@ -148,14 +144,11 @@ class DPOSE_PT_sequence(bpy.types.Panel):
         col.operator("dpose.estimate_sequence", icon="RENDER_ANIMATION")
 
 
-class DPOSE_PT_files(bpy.types.Panel):
+class DPOSE_PT_files(SidebarPanel, bpy.types.Panel):
     """Motion files in and out: import an .npz, export the active rig."""
 
     bl_label = "Import / Export"
     bl_parent_id = "DPOSE_PT_main"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "D-PoSE"
 
     def draw(self, context):
         layout = self.layout

@@ -27,6 +27,7 @@ from bpy_extras.io_utils import ExportHelper, ImportHelper
 from ..dpose_core import bone_maps
 from ..dpose_core.errors import DPoseError
 from ..dpose_core.skeleton import JOINT_NAMES
+from .panel import SidebarPanel
 
 NOT_DRIVEN = "NONE"
 JOINT_ITEMS = [(NOT_DRIVEN, "(follows parent)", "Not driven: the bone keeps its rest pose "
@@ -321,14 +322,11 @@ class DPOSE_UL_bone_map(bpy.types.UIList):
         row.prop(item, "joint", text="")
 
 
-class DPOSE_PT_retarget(bpy.types.Panel):
+class DPOSE_PT_retarget(SidebarPanel, bpy.types.Panel):
     """Retarget the active D-PoSE rig onto a character: target, bone map, options."""
 
     bl_label = "Retarget"
     bl_parent_id = "DPOSE_PT_main"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "D-PoSE"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
