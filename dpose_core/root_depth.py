@@ -95,7 +95,7 @@ def solve_depth(
         distance = np.linalg.norm(problem.pelvis, axis=1)
         known = (coef * distance[frames]).sum(1) / sigma
         blocks.add(frames, np.broadcast_to(coef / sigma, frames.shape), _dense_row(len(t), col),
-                   -known, blocks.new_groups(len(t)))
+                   -known, blocks.new_groups(len(t), robust=False))
 
     if has_contacts:
         w = np.ones(contacts.shape) if contact_weights is None else contact_weights
@@ -120,9 +120,11 @@ def solve_depth(
             e = _dense_row(len(tt), col, scale=c[tt] @ floor_normal * weight, offset=-weight)
             blocks.add(tt[:, None], a, e, -known, blocks.new_groups(len(tt), robust=False))
 
-    # Iteratively reweighted (Cauchy) prior and smoothness rows: a glitched frame loses its
-    # weight instead of bending its neighbours towards it. Locks and floor rows stay plain:
-    # they carry the scale and the floor, and contact detection already vetted them.
+    # Iteratively reweighted (Cauchy) prior rows: a glitched frame's own depth loses its weight
+    # instead of bending its neighbours towards it. Smoothness, lock and floor rows stay plain:
+    # a robust smoothness would let one frame's noisy foot points (through its locks) pull it
+    # off the walk; locks and floor carry the scale and the floor, and contact detection
+    # already vetted them.
     weights = np.ones(blocks.count)
     robust_rows = blocks.robust_mask()
     for _ in range(_ROBUST_PASSES if robust else 1):

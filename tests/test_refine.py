@@ -211,7 +211,7 @@ def test_moving_camera_track_scale_is_fixed_from_the_body(body_model):
     print(f"\ntrack scale {report.track_scale:.4f} (true {1 / 0.37:.4f}); world trajectory "
           f"error {error.mean() * 100:.2f} cm mean, {error.max() * 100:.2f} cm max")
     assert report.track_scale == pytest.approx(1 / 0.37, rel=0.05)
-    assert error.mean() <= 0.03
+    assert error.max() <= 0.03
     # Through the camera the pelvis is exactly where the raw solve saw it (it only slid).
     pelvis_cam = _to_camera(refined.camera_to_world, pelvis[:, None])[:, 0]
     raw_pelvis = raw.transl + body_model.rest_joints(BETAS)[0]
