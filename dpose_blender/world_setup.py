@@ -95,12 +95,13 @@ def refine_takes(takes: list, body_model, options, *, camera_to_world=None, warn
     how much of each foot the network's part segmentation shows."""
     from dataclasses import replace
 
-    from ..dpose_core.pipeline import foot_evidence, refine_motions
+    from ..dpose_core.foot_evidence import feet_seen
+    from ..dpose_core.pipeline import refine_motions
 
     evidence = None
     if images is not None:
         rows = images.rows_of_image(0)
-        evidence = {t.label: foot_evidence(images.estimate.part_labels[int(r)])[None]
+        evidence = {t.label: feet_seen(images.estimate.part_labels[int(r)])[None]
                     for t, r in zip(takes, rows, strict=True)}
     motions, reports, _ = refine_motions({t.label: t.motion for t in takes}, body_model,
                                          options, camera_to_world=camera_to_world, warn=warn,

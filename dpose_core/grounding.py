@@ -229,7 +229,6 @@ def point_speeds(points: np.ndarray, fps: float, rays: np.ndarray | None = None,
 
 def detect_contacts(
     heights: np.ndarray, speeds: np.ndarray | None, fps: float,
-    evidence: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Contact states (N, P) bool and their confidence (N, P) in [0, 1].
 
@@ -237,12 +236,11 @@ def detect_contacts(
     the floor, metres, lightly smoothed over time) x "level" (not clearly above the other end
     of the same foot) x "still" (speed, m/s; ignored for a single frame). A contact starts
     above 0.6 and ends below 0.3 (hysteresis); contacts or gaps shorter than 0.1 s are
-    removed. Confidence is how clearly the score sits on its side, scaled by `evidence`
-    (N, P) in [0, 1] when given (e.g. the share of the foot's parts the network's
-    segmentation shows): an unseen foot keeps half its confidence.
+    removed. Confidence is how clearly the score sits on its side (the network's own
+    evidence scales it later: foot_evidence.weigh_confidence).
     """
     h = smooth_in_time(np.asarray(heights, dtype=np.float64), 1.0)
-    low = _band(h, CONTACT_HEIGHT)
+    low = floor_closeness(heights)
     partner = h.reshape(len(h), -1, 2)[..., ::-1].reshape(h.shape)  # heel <-> toe of one foot
     score = low * _band(h - partner, CONTACT_ABOVE_PARTNER)
     if speeds is not None and len(h) > 1:
@@ -260,9 +258,13 @@ def detect_contacts(
             states[:, p] = _drop_short(states[:, p], True, min_run)  # bridge short gaps
             states[:, p] = _drop_short(states[:, p], False, min_run)  # drop short contacts
     confidence = np.where(states, score, 1.0 - score)
-    if evidence is not None:
-        confidence = confidence * (0.5 + 0.5 * np.clip(evidence, 0.0, 1.0))
     return states, np.clip(confidence, 0.0, 1.0)
+
+
+def floor_closeness(heights: np.ndarray) -> np.ndarray:
+    """(N,P) how "low" points at these heights above the floor are for a contact: 1 below
+    CONTACT_HEIGHT[0], 0 above CONTACT_HEIGHT[1] (heights lightly smoothed over time first)."""
+    return _band(smooth_in_time(np.asarray(heights, dtype=np.float64), 1.0), CONTACT_HEIGHT)
 
 
 def _band(x: np.ndarray, band: tuple[float, float]) -> np.ndarray:

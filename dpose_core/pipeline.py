@@ -61,6 +61,7 @@ from .errors import (
     NoPersonError,
 )
 from .estimator import DEFAULT_MAX_BATCH
+from .foot_evidence import feet_seen, foot_map_depth
 from .frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from .sequence import DEFAULT_LOW_CONFIDENCE, DEFAULT_MAX_GAP, MIN_TRACK_FRAMES
 
@@ -678,7 +679,8 @@ class VideoResult:
     first_frame: int = 0  # the shot's first source frame (the run's start)
     refine_reports: dict = field(default_factory=dict)  # refine_tracks: track -> RefineReport
     not_refined: dict = field(default_factory=dict)  # refine_tracks: track -> why not
-    foot_evidence: dict = field(default_factory=dict)  # track -> (N,4) feet seen, see below
+    foot_evidence: dict = field(default_factory=dict)  # track -> (N,4) feet seen (feet_seen)
+    foot_map_depth: dict = field(default_factory=dict)  # track -> (N,4) map depth, NaN unknown
 
     @property
     def rows_fps(self) -> float:
@@ -759,7 +761,7 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
     total = len(frames)
     min_frames = 1 if len(user_boxes) else min(MIN_TRACK_FRAMES, total or MIN_TRACK_FRAMES)
     maps: dict[tuple[int, int], tuple[float, Any]] = {}  # (tracker id, frame) -> (conf, data)
-    evidence: dict[tuple[int, int], tuple[float, np.ndarray]] = {}  # same keys -> (conf, (4,))
+    evidence: dict[tuple[int, int], tuple] = {}  # same keys -> (conf, seen (4,), depth (4,))
     want_evidence = options.ground != "off" and not chunked
     state = {"frames": 0, "people": 0, "warned": False}
 
@@ -778,7 +780,8 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
                 key = (person.track_id, frame.index)
                 if key not in evidence or evidence[key][0] < person.confidence:
                     labels = person.estimate.part_labels[person.row]
-                    evidence[key] = (person.confidence, foot_evidence(labels))
+                    evidence[key] = (person.confidence, feet_seen(labels),
+                                     foot_map_depth(person.estimate.depth[person.row], labels))
         if keep_maps:
             for person in frame.people:
                 key = (person.track_id, frame.index)
@@ -819,12 +822,13 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
         source=path, source_kind=frames.kind, seconds=time.perf_counter() - started,
         first_frame=options.start,
         backend=str(getattr(net, "backend", "")), device=str(getattr(net, "device", "")))
-    if want_evidence:  # frames filled in between detections: unknown, 0.5
+    if want_evidence:  # frames filled in between detections: half seen, map depth unknown
+        unknown = (None, np.full(4, 0.5), np.full(4, np.nan))
         for number, motion in tracks.items():
             tid = result.tracker_ids[number]
-            result.foot_evidence[number] = np.stack([
-                evidence[(tid, int(f))][1] if (tid, int(f)) in evidence else np.full(4, 0.5)
-                for f in motion.frame_indices])
+            rows = [evidence.get((tid, int(f)), unknown) for f in motion.frame_indices]
+            result.foot_evidence[number] = np.stack([r[1] for r in rows])
+            result.foot_map_depth[number] = np.stack([r[2] for r in rows])
     if keep_maps:
         for number in tracks:
             tid = result.tracker_ids[number]
@@ -987,7 +991,8 @@ CameraTrack = Callable[[np.ndarray], np.ndarray]  # source frame numbers (N,) ->
 
 def refine_motions(motions: dict, body_model, options: RunOptions, *,
                    camera_to_world: CameraTrack | None = None, warn: Warn | None = None,
-                   foot_evidence: dict | None = None) -> tuple[dict, dict, dict]:
+                   foot_evidence: dict | None = None,
+                   foot_map_depth: dict | None = None) -> tuple[dict, dict, dict]:
     """The refine stage over camera-frame motions (options.ground/foot_lock/subject_height).
 
     Returns (motions, reports, not_grounded): each motion grounded in a Z-up world with its
@@ -998,7 +1003,8 @@ def refine_motions(motions: dict, body_model, options: RunOptions, *,
     locks (locks need time). A motion the stage cannot ground (no foot on screen, no contact to
     put a floor under) is kept as it was, in the camera frame, and warn says why once: the
     network's work is never thrown away. foot_evidence: key -> (N,4) how much of each heel and
-    toe the network's part segmentation shows (`foot_evidence()`); it scales the contacts'
+    toe the network's part segmentation shows (foot_evidence.feet_seen), foot_map_depth: key
+    -> (N,4) its depth map there (foot_evidence.foot_map_depth); both scale the contacts'
     confidence. ground "off" returns the motions unchanged. Raises
     DPoseError for options or a body model that do not fit (one line).
     """
@@ -1018,7 +1024,8 @@ def refine_motions(motions: dict, body_model, options: RunOptions, *,
             out[key], reports[key] = refine_motion(
                 motion, body_model, ground=options.ground, foot_lock=lock,
                 subject_height=options.subject_height, camera_to_world=track,
-                foot_evidence=(foot_evidence or {}).get(key))
+                foot_evidence=(foot_evidence or {}).get(key),
+                foot_map_depth=(foot_map_depth or {}).get(key))
         except DPoseError as exc:
             line = str(exc).strip().splitlines()[0]
             _notify(warn, f"{_motion_name(key)} not grounded, kept in the camera frame: {line}")
@@ -1039,22 +1046,8 @@ def refine_tracks(result: VideoResult, body_model, options: RunOptions, *,
         raise DPoseError("A farm chunk holds raw solves: ground the shot after dpose merge.")
     result.tracks, result.refine_reports, result.not_refined = refine_motions(
         result.tracks, body_model, options, camera_to_world=camera_to_world, warn=warn,
-        foot_evidence=result.foot_evidence)
+        foot_evidence=result.foot_evidence, foot_map_depth=result.foot_map_depth)
     return dict(result.refine_reports)
-
-
-FOOT_EVIDENCE_PIXELS = 50  # pixels of a 224x224 crop's part map that fully show a heel or toe
-_FOOT_PART_NAMES = ("leftFoot", "leftToeBase", "rightFoot", "rightToeBase")  # heel, toe order
-
-
-def foot_evidence(part_labels: np.ndarray) -> np.ndarray:
-    """(4,) in [0, 1]: how much of the left heel, left toe, right heel, right toe the network's
-    part segmentation of one crop shows (its ankle/foot and toe parts, docs/part-labels.md)."""
-    from .part_labels import PART_CLASS
-
-    labels = np.asarray(part_labels)
-    counts = np.array([np.count_nonzero(labels == PART_CLASS[n]) for n in _FOOT_PART_NAMES])
-    return np.clip(counts / FOOT_EVIDENCE_PIXELS, 0.0, 1.0)
 
 
 def _motion_name(key) -> str:

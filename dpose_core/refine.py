@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import grounding
 from .errors import BodyModelError, DPoseError, MotionFileError
+from .foot_evidence import depths_along_rays, fit_map_scale, weigh_confidence
 from .foot_lock import lock_targets, solve_legs
 from .grounding import FOOT_POINT_NAMES, Floor, FootPoints
 from .motion import FRAME_OPENCV_CAMERA, FRAME_WORLD_Z_UP, Motion
@@ -50,6 +51,8 @@ class RefineReport:
     file has no intrinsics), also without the part that sliding the body along its camera ray
     (the depth smoothing) causes: what the locks and the floor changed in the image. Skate
     before refinement is measured on the input placed in the same world, same contacts.
+    map_contact_evidence (N,4): how far the network's depth map backs each point's contact
+    state (1 = fully, 0.5 = undecided, 1 where the map says nothing); None when not used.
     """
 
     frames: int
@@ -69,6 +72,7 @@ class RefineReport:
     reprojection_px: np.ndarray | None
     reprojection_beyond_slide_px: np.ndarray | None
     notes: list[str] = field(default_factory=list)
+    map_contact_evidence: np.ndarray | None = None
 
     def summary(self) -> dict[str, float | None]:
         def mean(x):
@@ -87,6 +91,7 @@ class RefineReport:
             "reprojection_px_max": peak(self.reprojection_px),
             "reprojection_beyond_slide_px_mean": mean(self.reprojection_beyond_slide_px),
             "contact_share": round(float(self.contacts.mean()), 4),
+            "map_contact_evidence_mean": mean(self.map_contact_evidence),
         }
 
     def to_dict(self) -> dict:
@@ -113,6 +118,7 @@ class RefineReport:
                 "penetration_mm": rows(self.penetration_mm),
                 "reprojection_px": rows(self.reprojection_px),
                 "reprojection_beyond_slide_px": rows(self.reprojection_beyond_slide_px),
+                "map_contact_evidence": rows(self.map_contact_evidence),
             },
             "notes": list(self.notes),
         }
@@ -122,7 +128,7 @@ class RefineReport:
 def refine_motion(
     motion: Motion, body_model, *, ground: str = "auto", foot_lock: float = 1.0,
     subject_height: float | None = None, camera_to_world: np.ndarray | None = None,
-    foot_evidence: np.ndarray | None = None,
+    foot_evidence: np.ndarray | None = None, foot_map_depth: np.ndarray | None = None,
 ) -> tuple[Motion, RefineReport]:
     """Ground, lock and steady `motion` (OpenCV camera frame). Raises DPoseError on bad input.
 
@@ -133,11 +139,15 @@ def refine_motion(
     OpenCV camera axes (x right, y down, z forward) to the track's world, any unit; its scale
     is fixed from the body. foot_evidence (N,2) per foot or (N,4) per point in [0,1]: how much
     of the foot the network's part segmentation shows; it scales the contact confidence.
+    foot_map_depth (N,4): the network's depth map on each heel/toe minus on the hips
+    (foot_evidence.foot_map_depth, NaN = unknown); where it puts a point on or off the floor
+    it backs or doubts that contact state, scaling the confidence too (docs/grounding.md).
     """
     n = motion.num_frames
     _check_options(motion, ground, foot_lock, subject_height)
     check_body_model(body_model)
     evidence = _evidence(foot_evidence, n)
+    map_depth = _map_depth(foot_map_depth, n)
     notes: list[str] = []
 
     height_before = grounding.body_height(body_model, motion.betas)
@@ -216,14 +226,27 @@ def refine_motion(
     if not contacts.any():
         floor_note = "; the floor lies under the lowest foot points" if ground == "auto" else ""
         notes.append(f"no foot contacts were found: nothing is locked{floor_note}")
-    if evidence is not None:  # what the network saw of the feet: confidence, not geometry
-        contact_conf = grounding.detect_contacts(heights, speeds, fps, evidence)[1]
     points = _working_points(problem, solution)
     if ground == "auto" and n > 1:
         floor = _fit_floor(points, point_rays, up_prior, fps, contacts,
                                _working_pelvis(problem, solution), problem.adjacent)
         if solution.floor_offset is not None:
             floor = Floor(floor.normal, solution.floor_offset)
+    map_evidence = None
+    if map_depth is not None and floor is not None:
+        scale, how = fit_map_scale(map_depth, raw_points[..., 2] - raw_pelvis[:, None, 2])
+        if scale is None:
+            notes.append(f"the depth map was not used as contact evidence: {how}")
+        else:  # each heel/toe at the map's depth along its own ray: on the floor or not?
+            moved = depths_along_rays(raw_points, raw_pelvis, map_depth, scale)
+            mapped = replace(problem, points=np.einsum("nab,npb->npa", track_rot, moved))
+            low = grounding.floor_closeness(floor.height(_working_points(mapped, solution)))
+            map_evidence = np.where(np.isfinite(map_depth),
+                                    np.where(contacts, low, 1.0 - low), 1.0)
+    # What the network saw of the feet: confidence, not geometry.
+    for cue in (evidence, map_evidence):
+        if cue is not None:
+            contact_conf = weigh_confidence(contact_conf, cue)
 
     # World frame: Z = floor normal (or the camera's up), Y = the first camera's view direction.
     k = solution.scale
@@ -272,6 +295,7 @@ def refine_motion(
         contact_conf=contact_conf, cam_to_world=cam_to_world, floor=floor, ground=ground,
         foot_lock=foot_lock, track_scale=k if track_centres is not None else None,
         intrinsics=intrinsics, height=height, adjacent=problem.adjacent, notes=notes,
+        map_evidence=map_evidence,
     )
     if subject_height is not None:
         notes.append(f"body rescaled from {height_before:.3f} m to {height:.3f} m")
@@ -321,6 +345,15 @@ def _evidence(foot_evidence: np.ndarray | None, n: int) -> np.ndarray | None:
     if ev.shape != (n, 4) or not np.all(np.isfinite(ev)):
         raise DPoseError(f"foot evidence must be finite ({n}, 2) or ({n}, 4), got {ev.shape}.")
     return np.clip(ev, 0.0, 1.0)
+
+
+def _map_depth(foot_map_depth: np.ndarray | None, n: int) -> np.ndarray | None:
+    if foot_map_depth is None:
+        return None
+    m = np.asarray(foot_map_depth, dtype=np.float64)
+    if m.shape != (n, 4) or np.any(np.isinf(m)):
+        raise DPoseError(f"foot map depth must be ({n}, 4), NaN where unknown, got {m.shape}.")
+    return m
 
 
 def _track(camera_to_world: np.ndarray | None, n: int
@@ -515,7 +548,7 @@ def _apply(transforms: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def _report(*, motion, raw_joints, joints, world_points, raw_points, slide, contacts,
             contact_conf, cam_to_world, floor, ground, foot_lock, track_scale, intrinsics,
-            height, adjacent, notes) -> RefineReport:
+            height, adjacent, notes, map_evidence) -> RefineReport:
     n = motion.num_frames
 
     def skate(points):
@@ -555,6 +588,7 @@ def _report(*, motion, raw_joints, joints, world_points, raw_points, slide, cont
         skate_mm=skate(world_points), skate_before_mm=skate(_apply(cam_to_world, raw_points)),
         float_mm=float_mm, penetration_mm=penetration, reprojection_px=reprojection,
         reprojection_beyond_slide_px=beyond_slide, notes=notes,
+        map_contact_evidence=map_evidence,
     )
 
 

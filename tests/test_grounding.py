@@ -153,11 +153,6 @@ def test_contacts_hysteresis_short_runs_and_evidence():
     assert states[11:29, 0].all() and not states[:9, 0].any() and not states[31:, 0].any()
     assert not states[:, 1:].any()
     assert np.all((conf >= 0) & (conf <= 1))
-    evidence = np.ones((n, 4))
-    evidence[:, 0] = 0.0
-    _, conf_unseen = grounding.detect_contacts(heights, speeds, fps, evidence)
-    assert np.allclose(conf_unseen[:, 0], conf[:, 0] * 0.5)
-    assert np.allclose(conf_unseen[:, 1:], conf[:, 1:])
 
 
 def test_depth_solve_matches_dense_least_squares():

@@ -261,6 +261,54 @@ def test_foot_evidence_scales_contact_confidence(body_model, walk):
     assert unseen.contact_confidence.mean() < 0.6 * seen.contact_confidence.mean()
 
 
+def test_depth_map_backs_or_doubts_the_contacts(body_model, walk):
+    """The network's depth map on the feet, in its own unit: where it agrees with the floor the
+    contacts keep their confidence; where it lifts a planted heel 20 cm towards the camera
+    (off the floor) that contact's confidence drops; a map unrelated to the body is not used."""
+    truth, exact, raw, _, _ = walk
+    n = raw.num_frames
+    exact_out, exact_points = _posed(body_model, exact)
+    true_map = (exact_points[..., 2] - exact_out.joints[:, None, 0, 2]) / 0.45 + 0.1
+    _, plain = refine_motion(raw, body_model)
+    _, agreeing = refine_motion(raw, body_model, foot_map_depth=true_map)
+    held = plain.contacts
+    print(f"\nmap evidence on the detected contacts: "
+          f"{agreeing.map_contact_evidence[held].mean():.3f} (true map); notes {agreeing.notes}")
+    assert np.array_equal(agreeing.contacts, plain.contacts)  # evidence is confidence only
+    assert agreeing.map_contact_evidence[held].mean() > 0.9
+    assert agreeing.contact_confidence.mean() > 0.9 * plain.contact_confidence.mean()
+
+    start, stop = next((a, b) for a, b in _runs(truth.contacts[:, 0]) if b - a >= 8)
+    lifted = true_map.copy()
+    lifted[start:stop, 0] -= 0.2 / 0.45
+    _, doubted = refine_motion(raw, body_model, foot_map_depth=lifted)
+    span = np.zeros(n, bool)
+    span[start:stop] = True
+    here = span & doubted.contacts[:, 0]
+    drop = doubted.contact_confidence[here, 0].mean() / agreeing.contact_confidence[here, 0].mean()
+    print(f"left heel lifted by the map in frames {start}-{stop}: confidence x{drop:.2f}")
+    assert here.sum() >= 5 and drop < 0.7
+    away = np.convolve(span, np.ones(9), "same") == 0  # 4 frames clear of it (smoothing)
+    np.testing.assert_allclose(doubted.contact_confidence[away], agreeing.contact_confidence[away],
+                               atol=0.05)
+
+    noise = np.random.default_rng(5).normal(0, 1, (n, 4))
+    _, unrelated = refine_motion(raw, body_model, foot_map_depth=noise)
+    assert unrelated.map_contact_evidence is None
+    assert any("does not follow" in note for note in unrelated.notes)
+    np.testing.assert_array_equal(unrelated.contact_confidence, plain.contact_confidence)
+    data = agreeing.to_dict()
+    assert np.array(data["per_frame"]["map_contact_evidence"]).shape == (n, 4)
+    assert data["summary"]["map_contact_evidence_mean"] > 0.5
+    with pytest.raises(DPoseError, match="foot map depth"):
+        refine_motion(raw, body_model, foot_map_depth=np.zeros((n, 3)))
+
+
+def _runs(mask):
+    edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(int), 0]))
+    return list(zip(edges[::2], edges[1::2], strict=True))
+
+
 # ---------------------------------------------------------------------------- files
 def test_refine_file_round_trip(tmp_path, body_model_npz, walk):
     raw = walk[2]

@@ -48,12 +48,33 @@ def raw(body_model):
 
 class WalkNetwork:
     """Estimator stand-in: frame k of the footage (pixel value FRAME_STEP * k) gets the raw
-    solve's frame k, whatever the box."""
+    solve's frame k, whatever the box. Its part map is `part` everywhere, or with `maps` the
+    hips above and the four heel/toe parts below, the depth map telling their depth."""
 
     backend, device = "stand-in", "cpu"
+    MAP_SCALE = 0.45  # metres per depth-map unit of the stand-in's maps
 
-    def __init__(self, motion, body_model, part=1):
+    def __init__(self, motion, body_model, part=1, maps=False):
         self.motion, self.body_model, self.part = motion, body_model, part
+        self.map_depth = None
+        if maps:  # the solve's own heel/toe-minus-pelvis depth, in map units
+            posed = body_model.forward(motion.rotmats, motion.betas, motion.transl,
+                                       return_vertices=False)
+            points = foot_points(body_model, motion.betas).posed(posed.joint_world_transforms)
+            self.map_depth = (points[..., 2] - posed.joints[:, None, 0, 2]) / self.MAP_SCALE
+
+    def _maps(self, rows):
+        n = len(rows)
+        labels = np.full((n, 16, 16), self.part, np.uint8)
+        depth = np.full((n, 16, 16), 0.5, np.float32)
+        if self.map_depth is not None:
+            from dpose_core.part_labels import PART_CLASS
+
+            labels[:, :8] = PART_CLASS["hips"]
+            for p, name in enumerate(("leftFoot", "leftToeBase", "rightFoot", "rightToeBase")):
+                labels[:, 8:, 4 * p:4 * p + 4] = PART_CLASS[name]
+                depth[:, 8:, 4 * p:4 * p + 4] = 0.5 + self.map_depth[rows, p, None, None]
+        return labels, depth
 
     def estimate_batch(self, images, boxes_per_image, focal_px=None):
         m = self.motion
@@ -62,14 +83,14 @@ class WalkNetwork:
         n = len(rows)
         box = np.concatenate([np.reshape(b, (-1, 4)) for b in boxes_per_image])
         size = np.tile(sw.IMAGE_SIZE, (n, 1))
+        labels, depth = self._maps(rows)
         return Estimate(
             rotmats=m.rotmats[rows, :22], pose_axis_angle=np.zeros((n, 22, 3)),
             betas=np.tile(m.betas, (n, 1)), cam_crop=np.zeros((n, 3)), cam_t=m.transl[rows],
             focal_px=np.full((n, 2), sw.FOCAL), principal_point=size / 2,
             joints3d=np.zeros((n, 127, 3)), joints2d=np.zeros((n, 127, 2)),
-            depth=np.full((n, 4, 4), 0.5, np.float32),
-            part_logits=np.zeros((n, 2, 4, 4), np.float32),
-            part_labels=np.full((n, 16, 16), self.part, np.uint8), crop_box=box,
+            depth=depth, part_logits=np.zeros((n, 2, 4, 4), np.float32),
+            part_labels=labels, crop_box=box,
             box_center=(box[:, :2] + box[:, 2:]) / 2, box_scale=np.ones(n), image_size=size,
             image_index=np.arange(n))
 
@@ -332,13 +353,13 @@ def test_dpose_estimate_grounds_a_video_and_writes_the_report(footage, raw, body
 
 
 def test_feet_seen_in_the_part_map_raise_the_contact_confidence(footage, raw, body_model):
+    from dpose_core.foot_evidence import feet_seen
     from dpose_core.part_labels import PART_CLASS
-    from dpose_core.pipeline import foot_evidence
 
     labels = np.zeros((224, 224), np.uint8)
     labels[:10, :10] = PART_CLASS["leftFoot"]  # 100 px: the left heel fully shown
     labels[20, :20] = PART_CLASS["rightToeBase"]  # 20 px: the right toe partly
-    np.testing.assert_allclose(foot_evidence(labels), [1.0, 0.0, 0.0, 0.4])
+    np.testing.assert_allclose(feet_seen(labels), [1.0, 0.0, 0.0, 0.4])
     confidence = {}
     for part in (1, PART_CLASS["leftFoot"]):  # nothing of the feet / the left foot everywhere
         result = estimate_video(_options(footage), estimator=WalkNetwork(raw, body_model, part))
@@ -351,3 +372,16 @@ def test_feet_seen_in_the_part_map_raise_the_contact_confidence(footage, raw, bo
     chunk = estimate_video(_options(footage, start=0, end=30, chunk_overlap=0),
                            estimator=WalkNetwork(raw, body_model))
     assert chunk.foot_evidence == {}  # raw solves only
+
+
+def test_the_depth_map_on_the_feet_reaches_the_refine_stage(footage, raw, body_model):
+    network = WalkNetwork(raw, body_model, maps=True)
+    result = estimate_video(_options(footage), estimator=network)
+    np.testing.assert_allclose(result.foot_map_depth[0], network.map_depth, atol=1e-5)
+    reports = refine_tracks(result, body_model, _options(footage))
+    evidence = reports[0].map_contact_evidence
+    assert evidence is not None and evidence.shape == (raw.num_frames, 4)
+    assert evidence[result.tracks[0].contacts].mean() > 0.8  # its own map backs the contacts
+    plain = estimate_video(_options(footage), estimator=WalkNetwork(raw, body_model))
+    assert np.isnan(plain.foot_map_depth[0]).all()  # no hips on that map: nothing measured
+    assert refine_tracks(plain, body_model, _options(footage))[0].map_contact_evidence is None
