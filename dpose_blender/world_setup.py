@@ -98,14 +98,14 @@ def refine_takes(takes: list, body_model, options, *, camera_to_world=None, warn
     from ..dpose_core.foot_evidence import feet_seen
     from ..dpose_core.pipeline import refine_motions
 
-    evidence = None
+    motions = {t.label: t.motion for t in takes}
     if images is not None:
         rows = images.rows_of_image(0)
-        evidence = {t.label: feet_seen(images.estimate.part_labels[int(r)])[None]
-                    for t, r in zip(takes, rows, strict=True)}
-    motions, reports, _ = refine_motions({t.label: t.motion for t in takes}, body_model,
-                                         options, camera_to_world=camera_to_world, warn=warn,
-                                         foot_evidence=evidence)
+        for take, row in zip(takes, rows, strict=True):
+            seen = feet_seen(images.estimate.part_labels[int(row)])[None]
+            motions[take.label] = take.motion.replace(feet_seen=seen)
+    motions, reports, _ = refine_motions(motions, body_model, options,
+                                         camera_to_world=camera_to_world, warn=warn)
     return [replace(take, motion=motions[take.label], report=reports.get(take.label))
             for take in takes]
 

@@ -39,9 +39,10 @@ _TRACK_ARRAYS = {"frames": ((), np.int64), "rotmats": ((NUM_PREDICTED_JOINTS, 3,
                  "boxes": ((4,), np.float32), "focal": ((2,), np.float32),
                  "principal": ((2,), np.float32), "confidence": ((), np.float32),
                  "part_iou": ((NUM_PART_CLASSES,), np.float32),
-                 "silhouette_iou": ((), np.float32)}
-# Columns a chunk written before they existed lacks: read as NaN (not scored).
-_OPTIONAL_TRACK_ARRAYS = ("part_iou", "silhouette_iou")
+                 "silhouette_iou": ((), np.float32), "feet_seen": ((4,), np.float32),
+                 "foot_map_depth": ((4,), np.float32)}
+# Columns a chunk written before they existed lacks: read as NaN (not scored, unknown).
+_OPTIONAL_TRACK_ARRAYS = ("part_iou", "silhouette_iou", "feet_seen", "foot_map_depth")
 
 
 class ChunkError(DPoseError):

@@ -47,7 +47,8 @@ class Motion:
     each frame's body agrees with the network's part map (part_agreement; NaN = not scored).
     After `refine` (world_z_up): camera_to_world (N,4,4) OpenCV camera axes to world;
     contacts (N,4) bool and contact_confidence (N,4) in [0,1] for left heel, left toe, right
-    heel, right toe (grounding.FOOT_POINT_NAMES).
+    heel, right toe (grounding.FOOT_POINT_NAMES). The network's foot cues per heel/toe, NaN
+    where unknown (foot_evidence.py): feet_seen (N,4) in [0,1], foot_map_depth (N,4).
     """
 
     rotmats: np.ndarray
@@ -68,6 +69,8 @@ class Motion:
     camera_to_world: np.ndarray | None = None
     contacts: np.ndarray | None = None
     contact_confidence: np.ndarray | None = None
+    feet_seen: np.ndarray | None = None
+    foot_map_depth: np.ndarray | None = None
     # (rotmats it belongs to, axis-angle): keeps axis-angle read from a file bit-exact on save.
     _axis_angle_cache: tuple[np.ndarray, np.ndarray] | None = field(
         default=None, repr=False, compare=False
@@ -117,9 +120,9 @@ class Motion:
             self.camera_to_world = _shaped(self.camera_to_world, (n, 4, 4), "camera_to_world")
         if self.contacts is not None:
             self.contacts = _shaped(self.contacts, (n, 4), "contacts", bool)
-        if self.contact_confidence is not None:
-            self.contact_confidence = _shaped(self.contact_confidence, (n, 4),
-                                              "contact_confidence")
+        for name in ("contact_confidence", "feet_seen", "foot_map_depth"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _shaped(getattr(self, name), (n, 4), name))
         self.gender = str(self.gender)
         self.coordinate_frame = str(self.coordinate_frame)
         if not all(np.all(np.isfinite(a)) for a in (self.rotmats, self.transl, self.betas)):
@@ -128,6 +131,10 @@ class Motion:
             value = getattr(self, name)
             if value is not None and not np.all(np.isfinite(value)):
                 raise ValueError(f"{name} must be finite (no NaN/inf)")
+        for name in ("feet_seen", "foot_map_depth"):  # NaN = unknown
+            value = getattr(self, name)
+            if value is not None and np.any(np.isinf(value)):
+                raise ValueError(f"{name} must be a number or NaN (no inf)")
 
     # ------------------------------------------------------------------ construction
     @classmethod

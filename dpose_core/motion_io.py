@@ -12,7 +12,8 @@ Written keys (N frames):
     seconds), dpose_coordinate_frame, dpose_format_version;
     when scored: dpose_part_iou (N,23) and dpose_silhouette_iou (N,) (NaN = frame not scored);
     after `refine` also dpose_camera_to_world (N,4,4), dpose_contacts (N,4) bool and
-    dpose_contact_confidence (N,4).
+    dpose_contact_confidence (N,4); from a video run the network's foot cues
+    dpose_feet_seen (N,4) and dpose_foot_map_depth (N,4) (NaN = unknown), which `refine` uses.
 
 Frames: our root_orient and trans are in the OpenCV camera frame of the footage (x right,
 y down, z forward; dpose_coordinate_frame = "opencv_camera"). AMASS files are in a Z-up world
@@ -52,7 +53,7 @@ _SPLIT = (
 )  # fmt: skip
 _EXTRAS = ("confidence", "frame_indices", "flags", "boxes", "focal_px", "principal_point",
            "image_size", "part_iou", "silhouette_iou", "camera_to_world", "contacts",
-           "contact_confidence")  # fmt: skip
+           "contact_confidence", "feet_seen", "foot_map_depth")  # fmt: skip
 
 
 def motion_to_arrays(motion: Motion) -> dict[str, np.ndarray]:

@@ -61,7 +61,6 @@ from .errors import (
     NoPersonError,
 )
 from .estimator import DEFAULT_MAX_BATCH
-from .foot_evidence import feet_seen, foot_map_depth
 from .frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from .sequence import DEFAULT_LOW_CONFIDENCE, DEFAULT_MAX_GAP, MIN_TRACK_FRAMES
 
@@ -679,8 +678,6 @@ class VideoResult:
     first_frame: int = 0  # the shot's first source frame (the run's start)
     refine_reports: dict = field(default_factory=dict)  # refine_tracks: track -> RefineReport
     not_refined: dict = field(default_factory=dict)  # refine_tracks: track -> why not
-    foot_evidence: dict = field(default_factory=dict)  # track -> (N,4) feet seen (feet_seen)
-    foot_map_depth: dict = field(default_factory=dict)  # track -> (N,4) map depth, NaN unknown
 
     @property
     def rows_fps(self) -> float:
@@ -761,8 +758,6 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
     total = len(frames)
     min_frames = 1 if len(user_boxes) else min(MIN_TRACK_FRAMES, total or MIN_TRACK_FRAMES)
     maps: dict[tuple[int, int], tuple[float, Any]] = {}  # (tracker id, frame) -> (conf, data)
-    evidence: dict[tuple[int, int], tuple] = {}  # same keys -> (conf, seen (4,), depth (4,))
-    want_evidence = options.ground != "off" and not chunked
     state = {"frames": 0, "people": 0, "warned": False}
 
     def frame_done(frame) -> None:
@@ -775,13 +770,6 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
             state["warned"] = True
             _notify(warn, f"Nobody found in the first {state['frames']} frames of {path.name}; "
                           f"if someone is there, {BBOX_HINT}.")
-        if want_evidence:
-            for person in frame.people:
-                key = (person.track_id, frame.index)
-                if key not in evidence or evidence[key][0] < person.confidence:
-                    labels = person.estimate.part_labels[person.row]
-                    evidence[key] = (person.confidence, feet_seen(labels),
-                                     foot_map_depth(person.estimate.depth[person.row], labels))
         if keep_maps:
             for person in frame.people:
                 key = (person.track_id, frame.index)
@@ -804,7 +792,7 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
         frames, net, finder=finder, person="all", smooth=options.smooth, progress=progress,
         cancel=cancel, on_frame=frame_done, focal_px=focal, max_gap=options.max_gap,
         min_track_frames=min_frames, low_confidence=options.low_confidence,
-        frame_estimates=bool(keep_maps) or frame_maps is not None or want_evidence,
+        frame_estimates=bool(keep_maps) or frame_maps is not None,
         part_scorer=None if body_model is None else part_scorer(body_model))
     tracks = {int(k): m for k, m in seq.items()}
     if options.person == "largest":
@@ -822,13 +810,6 @@ def estimate_video(options: RunOptions, *, estimator=None, progress: Progress | 
         source=path, source_kind=frames.kind, seconds=time.perf_counter() - started,
         first_frame=options.start,
         backend=str(getattr(net, "backend", "")), device=str(getattr(net, "device", "")))
-    if want_evidence:  # frames filled in between detections: half seen, map depth unknown
-        unknown = (None, np.full(4, 0.5), np.full(4, np.nan))
-        for number, motion in tracks.items():
-            tid = result.tracker_ids[number]
-            rows = [evidence.get((tid, int(f)), unknown) for f in motion.frame_indices]
-            result.foot_evidence[number] = np.stack([r[1] for r in rows])
-            result.foot_map_depth[number] = np.stack([r[2] for r in rows])
     if keep_maps:
         for number in tracks:
             tid = result.tracker_ids[number]
@@ -990,9 +971,8 @@ CameraTrack = Callable[[np.ndarray], np.ndarray]  # source frame numbers (N,) ->
 
 
 def refine_motions(motions: dict, body_model, options: RunOptions, *,
-                   camera_to_world: CameraTrack | None = None, warn: Warn | None = None,
-                   foot_evidence: dict | None = None,
-                   foot_map_depth: dict | None = None) -> tuple[dict, dict, dict]:
+                   camera_to_world: CameraTrack | None = None, warn: Warn | None = None
+                   ) -> tuple[dict, dict, dict]:
     """The refine stage over camera-frame motions (options.ground/foot_lock/subject_height).
 
     Returns (motions, reports, not_grounded): each motion grounded in a Z-up world with its
@@ -1002,11 +982,9 @@ def refine_motions(motions: dict, body_model, options: RunOptions, *,
     from the body); None for a still camera. A one-frame motion (an image) is grounded without
     locks (locks need time). A motion the stage cannot ground (no foot on screen, no contact to
     put a floor under) is kept as it was, in the camera frame, and warn says why once: the
-    network's work is never thrown away. foot_evidence: key -> (N,4) how much of each heel and
-    toe the network's part segmentation shows (foot_evidence.feet_seen), foot_map_depth: key
-    -> (N,4) its depth map there (foot_evidence.foot_map_depth); both scale the contacts'
-    confidence. ground "off" returns the motions unchanged. Raises
-    DPoseError for options or a body model that do not fit (one line).
+    network's work is never thrown away. The network's foot cues a motion carries (feet_seen,
+    foot_map_depth) scale the contacts' confidence. ground "off" returns the motions
+    unchanged. Raises DPoseError for options or a body model that do not fit (one line).
     """
     from .refine import check_body_model, refine_motion
 
@@ -1023,9 +1001,7 @@ def refine_motions(motions: dict, body_model, options: RunOptions, *,
         try:
             out[key], reports[key] = refine_motion(
                 motion, body_model, ground=options.ground, foot_lock=lock,
-                subject_height=options.subject_height, camera_to_world=track,
-                foot_evidence=(foot_evidence or {}).get(key),
-                foot_map_depth=(foot_map_depth or {}).get(key))
+                subject_height=options.subject_height, camera_to_world=track)
         except DPoseError as exc:
             line = str(exc).strip().splitlines()[0]
             _notify(warn, f"{_motion_name(key)} not grounded, kept in the camera frame: {line}")
@@ -1045,8 +1021,7 @@ def refine_tracks(result: VideoResult, body_model, options: RunOptions, *,
     if result.chunk is not None:
         raise DPoseError("A farm chunk holds raw solves: ground the shot after dpose merge.")
     result.tracks, result.refine_reports, result.not_refined = refine_motions(
-        result.tracks, body_model, options, camera_to_world=camera_to_world, warn=warn,
-        foot_evidence=result.foot_evidence, foot_map_depth=result.foot_map_depth)
+        result.tracks, body_model, options, camera_to_world=camera_to_world, warn=warn)
     return dict(result.refine_reports)
 
 

@@ -128,7 +128,6 @@ class RefineReport:
 def refine_motion(
     motion: Motion, body_model, *, ground: str = "auto", foot_lock: float = 1.0,
     subject_height: float | None = None, camera_to_world: np.ndarray | None = None,
-    foot_evidence: np.ndarray | None = None, foot_map_depth: np.ndarray | None = None,
 ) -> tuple[Motion, RefineReport]:
     """Ground, lock and steady `motion` (OpenCV camera frame). Raises DPoseError on bad input.
 
@@ -137,17 +136,16 @@ def refine_motion(
     foot_lock: 0 (off) to 1 (contacting points fixed). subject_height (m) rescales the body
     (betas) and the scene to that standing height. camera_to_world (N,4,4): a camera track,
     OpenCV camera axes (x right, y down, z forward) to the track's world, any unit; its scale
-    is fixed from the body. foot_evidence (N,2) per foot or (N,4) per point in [0,1]: how much
-    of the foot the network's part segmentation shows; it scales the contact confidence.
-    foot_map_depth (N,4): the network's depth map on each heel/toe minus on the hips
-    (foot_evidence.foot_map_depth, NaN = unknown); where it puts a point on or off the floor
-    it backs or doubts that contact state, scaling the confidence too (docs/grounding.md).
+    is fixed from the body. The network's foot cues the motion carries scale the contact
+    confidence (docs/grounding.md, "Evidence"): feet_seen, how much of each heel/toe its part
+    segmentation shows (unknown counts half), and foot_map_depth, its depth map there, which
+    backs or doubts each contact state by putting the point on or off the floor.
     """
     n = motion.num_frames
     _check_options(motion, ground, foot_lock, subject_height)
     check_body_model(body_model)
-    evidence = _evidence(foot_evidence, n)
-    map_depth = _map_depth(foot_map_depth, n)
+    evidence = None if motion.feet_seen is None else np.nan_to_num(motion.feet_seen, nan=0.5)
+    map_depth = motion.foot_map_depth
     notes: list[str] = []
 
     height_before = grounding.body_height(body_model, motion.betas)
@@ -334,26 +332,6 @@ def _check_options(motion: Motion, ground: str, foot_lock: float,
     if np.any(depth <= 0.1):
         raise DPoseError("The motion puts the body at or behind the camera (depth <= 0.1 m); "
                          "it is not a camera-frame estimate.")  # fmt: skip
-
-
-def _evidence(foot_evidence: np.ndarray | None, n: int) -> np.ndarray | None:
-    if foot_evidence is None:
-        return None
-    ev = np.asarray(foot_evidence, dtype=np.float64)
-    if ev.shape == (n, 2):
-        ev = np.repeat(ev, 2, axis=1)
-    if ev.shape != (n, 4) or not np.all(np.isfinite(ev)):
-        raise DPoseError(f"foot evidence must be finite ({n}, 2) or ({n}, 4), got {ev.shape}.")
-    return np.clip(ev, 0.0, 1.0)
-
-
-def _map_depth(foot_map_depth: np.ndarray | None, n: int) -> np.ndarray | None:
-    if foot_map_depth is None:
-        return None
-    m = np.asarray(foot_map_depth, dtype=np.float64)
-    if m.shape != (n, 4) or np.any(np.isinf(m)):
-        raise DPoseError(f"foot map depth must be ({n}, 4), NaN where unknown, got {m.shape}.")
-    return m
 
 
 def _track(camera_to_world: np.ndarray | None, n: int

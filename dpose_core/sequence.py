@@ -21,6 +21,7 @@ import numpy as np
 
 from .constants import NUM_PART_CLASSES
 from .errors import DPoseError, NoPersonError
+from .foot_evidence import feet_seen, foot_map_depth
 from .frames import FrameSource, open_frames
 from .localise import Detection, PersonFinder, crop_evidence, make_finder
 from .motion import FLAG_INTERPOLATED, FLAG_LOW_CONFIDENCE, Motion
@@ -91,9 +92,12 @@ class RawTrack:
     # IoU (n,23) and silhouette IoU (n,); NaN where not scored (scoring off, nothing drawn).
     part_iou: np.ndarray | None = None
     silhouette_iou: np.ndarray | None = None
+    # The network's foot cues per heel/toe (foot_evidence.py), (n,4) each; NaN = unknown.
+    feet_seen: np.ndarray | None = None
+    foot_map_depth: np.ndarray | None = None
 
     FIELDS = ("frames", "rotmats", "cam_t", "betas", "boxes", "focal", "principal",
-              "confidence", "part_iou", "silhouette_iou")
+              "confidence", "part_iou", "silhouette_iou", "feet_seen", "foot_map_depth")
 
     def __post_init__(self) -> None:
         n = len(self.frames)
@@ -101,6 +105,9 @@ class RawTrack:
             self.part_iou = np.full((n, NUM_PART_CLASSES), np.nan, np.float32)
         if self.silhouette_iou is None:
             self.silhouette_iou = np.full(n, np.nan, np.float32)
+        for name in ("feet_seen", "foot_map_depth"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.full((n, 4), np.nan, np.float32))
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -161,7 +168,8 @@ class _TrackBuffer:
     """Per-frame numbers of one track (~1 kB a frame, float32; no images, no maps)."""
 
     FIELDS = {"rotmats": NUM_PREDICTED_JOINTS * 9, "cam_t": 3, "betas": NUM_BETAS, "box": 4,
-              "focal": 2, "principal": 2, "confidence": 1, "scores": SCORE_WIDTH}
+              "focal": 2, "principal": 2, "confidence": 1, "scores": SCORE_WIDTH,
+              "feet_seen": 4, "foot_map_depth": 4}
 
     def __init__(self):
         self.steps: list[int] = []
@@ -176,6 +184,9 @@ class _TrackBuffer:
             "betas": estimate.betas[row], "box": box, "focal": estimate.focal_px[row],
             "principal": estimate.principal_point[row], "confidence": confidence,
             "scores": np.full(SCORE_WIDTH, np.nan) if scores is None else scores,
+            # The maps die with the frame: keep what they say about the feet.
+            "feet_seen": feet_seen(estimate.part_labels[row]),
+            "foot_map_depth": foot_map_depth(estimate.depth[row], estimate.part_labels[row]),
         }
         if self.steps and self.steps[-1] == step:  # two boxes of one frame on one track
             if confidence > self._last_confidence:  # keep the better one
@@ -201,7 +212,8 @@ class _TrackBuffer:
             cam_t=self.column("cam_t"), betas=self.column("betas"), boxes=self.column("box"),
             focal=self.column("focal"), principal=self.column("principal"),
             confidence=self.column("confidence")[:, 0],
-            part_iou=scores[:, :NUM_PART_CLASSES], silhouette_iou=scores[:, NUM_PART_CLASSES])
+            part_iou=scores[:, :NUM_PART_CLASSES], silhouette_iou=scores[:, NUM_PART_CLASSES],
+            feet_seen=self.column("feet_seen"), foot_map_depth=self.column("foot_map_depth"))
 
 
 def _person_confidence(det: Detection, estimate, row: int, finder_ran_network: bool) -> float:
@@ -259,7 +271,11 @@ def _build_motion(track: RawTrack, frames: np.ndarray, fps: float, smooth: float
         part_iou[pos[good_obs]] = track.part_iou[good_obs]
         silhouette_iou[pos[good_obs]] = track.silhouette_iou[good_obs]
         motion = motion.replace(part_iou=part_iou, silhouette_iou=silhouette_iou)
-    return motion
+    cues = {}
+    for name in ("feet_seen", "foot_map_depth"):  # filled frames: unknown
+        cues[name] = np.full((n, 4), np.nan)
+        cues[name][pos[good_obs]] = getattr(track, name)[good_obs]
+    return motion.replace(**cues)
 
 
 def build_motions(raw_tracks: dict[int, RawTrack], frames: np.ndarray, fps: float, *,

@@ -74,6 +74,29 @@ def test_chunk_file_round_trips_and_is_byte_identical(tmp_path):
         np.testing.assert_array_equal(got.frames, want.frames)
 
 
+def test_foot_cues_travel_in_chunks_and_older_chunks_read_them_as_unknown(tmp_path):
+    import zipfile
+
+    chunk = _crossing_shot([0, 150])[1]
+    rng = np.random.default_rng(4)
+    for track in chunk.tracks:
+        track.feet_seen = rng.uniform(0, 1, (len(track), 4)).astype(np.float32)
+        track.foot_map_depth = rng.normal(0, 0.2, (len(track), 4)).astype(np.float32)
+        track.foot_map_depth[::7, 1] = np.nan
+    path = write_chunk(tmp_path / "new.npz", chunk)
+    for got, want in zip(read_chunk(path).tracks, chunk.tracks, strict=True):
+        np.testing.assert_array_equal(got.feet_seen, want.feet_seen)
+        np.testing.assert_array_equal(got.foot_map_depth, want.foot_map_depth)  # NaN kept
+    old = tmp_path / "old.npz"  # a chunk written before the cues existed
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
+        for item in src.infolist():
+            if "feet_seen" not in item.filename and "foot_map_depth" not in item.filename:
+                dst.writestr(item, src.read(item))
+    for got in read_chunk(old).tracks:
+        assert got.feet_seen.shape == (len(got), 4) and np.isnan(got.feet_seen).all()
+        assert np.isnan(got.foot_map_depth).all()
+
+
 def test_reading_something_else_is_one_clear_error(tmp_path):
     other = tmp_path / "motion.npz"
     np.savez(other, poses=np.zeros((2, 165)))

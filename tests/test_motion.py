@@ -141,6 +141,23 @@ def test_save_load_round_trip_exact(tmp_path):
     np.testing.assert_allclose(back.as_axis_angle()[:, 1], 0.0, atol=1e-15)
 
 
+def test_foot_cues_round_trip_with_their_unknowns(tmp_path):
+    m = _motion()
+    seen = np.linspace(0, 1, 24).reshape(6, 4)
+    depth = np.linspace(-0.3, 0.3, 24).reshape(6, 4)
+    depth[2] = np.nan  # a filled frame: unknown
+    back = load_motion_npz(save_motion_npz(tmp_path / "cues.npz",
+                                           m.replace(feet_seen=seen, foot_map_depth=depth)))
+    np.testing.assert_array_equal(back.feet_seen, seen)
+    np.testing.assert_array_equal(back.foot_map_depth, depth)
+    np.testing.assert_array_equal(back.select([1, 2]).foot_map_depth, depth[1:3])
+    depth[0, 0] = np.inf
+    with pytest.raises(ValueError, match="foot_map_depth must be a number or NaN"):
+        m.replace(foot_map_depth=depth)
+    with pytest.raises(ValueError, match="feet_seen must have shape"):
+        m.replace(feet_seen=seen[:, :2])
+
+
 def test_amass_style_split_arrays_only(tmp_path):
     rng = np.random.default_rng(4)
     n = 7

@@ -313,7 +313,7 @@ class EstimateNetwork(PixelSegmentationNetwork):
         out = super().estimate(image, boxes, focal_px)
         n = len(out.crop_box)
         fields = {"pose_axis_angle": np.zeros((n, 22, 3)), "cam_crop": np.zeros((n, 3)),
-                  "joints3d": np.zeros((n, 127, 3)), "depth": np.full((n, 224, 224), 0.5),
+                  "joints3d": np.zeros((n, 127, 3)),
                   "part_logits": np.zeros((n, 23, 224, 224), np.float32),
                   "box_center": np.zeros((n, 2)), "box_scale": np.ones(n),
                   "image_index": np.zeros(n, int)}

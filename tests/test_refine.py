@@ -96,7 +96,11 @@ def test_still_camera_walk_is_grounded_and_locked(body_model, walk):
 def test_still_camera_walk_keeps_the_image(body_model, walk):
     """What the camera sees barely changes: beyond sliding the body along its camera ray (the
     depth smoothing, which rescales a rigid body's image by the depth ratio) the body's
-    projection moves <= 2 px on average, and the overlay on the true image gets better."""
+    projection moves <= 2 px on average, and the overlay on the true image gets better.
+
+    Measured with the slide, no correct grounding could stay within 2 px of the raw solve: the
+    true motion itself (what perfect grounding would give) projects ~6 px from it, because a
+    root depth off by 3-5 % scales the raw body's image by as much (docs/grounding.md)."""
     truth, exact, raw, refined, report = walk
     raw_out, raw_points = _posed(body_model, raw)
     out, points = _posed(body_model, refined)
@@ -120,6 +124,7 @@ def test_still_camera_walk_keeps_the_image(body_model, walk):
           f"(report: {report.summary()['reprojection_px_mean']}); overlay error on the true "
           f"image {overlay_raw:.2f} -> {overlay_new:.2f} px")
     assert moved.mean() <= 2.0
+    assert overlay_raw > 2.0  # the truth is this far from the raw solve in the image
     assert overlay_new < overlay_raw
     assert np.allclose(report.reprojection_px, with_slide.mean(axis=1), atol=1e-6)
     assert np.allclose(report.reprojection_beyond_slide_px, moved.mean(axis=1), atol=1e-6)
@@ -255,8 +260,8 @@ def test_subject_height_reshapes_body_and_scene(body_model, walk):
 
 def test_foot_evidence_scales_contact_confidence(body_model, walk):
     raw = walk[2]
-    _, seen = refine_motion(raw, body_model, foot_evidence=np.ones((raw.num_frames, 2)))
-    _, unseen = refine_motion(raw, body_model, foot_evidence=np.zeros((raw.num_frames, 2)))
+    _, seen = refine_motion(raw.replace(feet_seen=np.ones((raw.num_frames, 4))), body_model)
+    _, unseen = refine_motion(raw.replace(feet_seen=np.zeros((raw.num_frames, 4))), body_model)
     assert np.array_equal(seen.contacts, unseen.contacts)
     assert unseen.contact_confidence.mean() < 0.6 * seen.contact_confidence.mean()
 
@@ -270,7 +275,7 @@ def test_depth_map_backs_or_doubts_the_contacts(body_model, walk):
     exact_out, exact_points = _posed(body_model, exact)
     true_map = (exact_points[..., 2] - exact_out.joints[:, None, 0, 2]) / 0.45 + 0.1
     _, plain = refine_motion(raw, body_model)
-    _, agreeing = refine_motion(raw, body_model, foot_map_depth=true_map)
+    _, agreeing = refine_motion(raw.replace(foot_map_depth=true_map), body_model)
     held = plain.contacts
     print(f"\nmap evidence on the detected contacts: "
           f"{agreeing.map_contact_evidence[held].mean():.3f} (true map); notes {agreeing.notes}")
@@ -281,7 +286,7 @@ def test_depth_map_backs_or_doubts_the_contacts(body_model, walk):
     start, stop = next((a, b) for a, b in _runs(truth.contacts[:, 0]) if b - a >= 8)
     lifted = true_map.copy()
     lifted[start:stop, 0] -= 0.2 / 0.45
-    _, doubted = refine_motion(raw, body_model, foot_map_depth=lifted)
+    _, doubted = refine_motion(raw.replace(foot_map_depth=lifted), body_model)
     span = np.zeros(n, bool)
     span[start:stop] = True
     here = span & doubted.contacts[:, 0]
@@ -293,15 +298,13 @@ def test_depth_map_backs_or_doubts_the_contacts(body_model, walk):
                                atol=0.05)
 
     noise = np.random.default_rng(5).normal(0, 1, (n, 4))
-    _, unrelated = refine_motion(raw, body_model, foot_map_depth=noise)
+    _, unrelated = refine_motion(raw.replace(foot_map_depth=noise), body_model)
     assert unrelated.map_contact_evidence is None
     assert any("does not follow" in note for note in unrelated.notes)
     np.testing.assert_array_equal(unrelated.contact_confidence, plain.contact_confidence)
     data = agreeing.to_dict()
     assert np.array(data["per_frame"]["map_contact_evidence"]).shape == (n, 4)
     assert data["summary"]["map_contact_evidence_mean"] > 0.5
-    with pytest.raises(DPoseError, match="foot map depth"):
-        refine_motion(raw, body_model, foot_map_depth=np.zeros((n, 3)))
 
 
 def _runs(mask):

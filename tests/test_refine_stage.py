@@ -185,7 +185,7 @@ def test_a_single_image_is_grounded_without_locks(body_model):
 
 
 def test_a_farm_merge_is_grounded_once_like_one_run(footage, raw, body_model, tmp_path):
-    net = WalkNetwork(raw, body_model)
+    net = WalkNetwork(raw, body_model, maps=True)
     whole = estimate_video(_options(footage), estimator=net)
     refine_tracks(whole, body_model, _options(footage))
     paths = []
@@ -200,6 +200,11 @@ def test_a_farm_merge_is_grounded_once_like_one_run(footage, raw, body_model, tm
     refine_tracks(merged, body_model, RunOptions())
     np.testing.assert_allclose(merged.tracks[0].transl, whole.tracks[0].transl, atol=1e-6)
     np.testing.assert_array_equal(merged.tracks[0].contacts, whole.tracks[0].contacts)
+    # The network's foot cues travel in the chunks: the contacts weigh them alike.
+    for name in ("feet_seen", "foot_map_depth", "contact_confidence"):
+        np.testing.assert_allclose(getattr(merged.tracks[0], name),
+                                   getattr(whole.tracks[0], name), atol=1e-6, err_msg=name)
+    assert merged.refine_reports[0].map_contact_evidence is not None
 
 
 def test_report_per_track_and_frame(footage, raw, body_model, tmp_path):
@@ -364,24 +369,28 @@ def test_feet_seen_in_the_part_map_raise_the_contact_confidence(footage, raw, bo
     for part in (1, PART_CLASS["leftFoot"]):  # nothing of the feet / the left foot everywhere
         result = estimate_video(_options(footage), estimator=WalkNetwork(raw, body_model, part))
         expected = 1.0 if part != 1 else 0.0
-        np.testing.assert_array_equal(result.foot_evidence[0][:, 0], expected)
+        np.testing.assert_array_equal(result.tracks[0].feet_seen[:, 0], expected)
         refine_tracks(result, body_model, _options(footage))
         motion = result.tracks[0]
         confidence[part] = motion.contact_confidence[:, 0][motion.contacts[:, 0]].mean()
     assert confidence[PART_CLASS["leftFoot"]] > 1.5 * confidence[1]
-    chunk = estimate_video(_options(footage, start=0, end=30, chunk_overlap=0),
-                           estimator=WalkNetwork(raw, body_model))
-    assert chunk.foot_evidence == {}  # raw solves only
 
 
-def test_the_depth_map_on_the_feet_reaches_the_refine_stage(footage, raw, body_model):
+def test_the_depth_map_on_the_feet_reaches_the_refine_stage(footage, raw, body_model,
+                                                           tmp_path):
     network = WalkNetwork(raw, body_model, maps=True)
     result = estimate_video(_options(footage), estimator=network)
-    np.testing.assert_allclose(result.foot_map_depth[0], network.map_depth, atol=1e-5)
+    np.testing.assert_allclose(result.tracks[0].foot_map_depth, network.map_depth, atol=1e-5)
+    # The cues travel in the motion file, so `dpose refine` on it weighs them alike.
+    path = save_motion_npz(tmp_path / "raw.npz", result.tracks[0])
+    from_file, file_report = refine_motion(load_motion_npz(path), body_model)
     reports = refine_tracks(result, body_model, _options(footage))
     evidence = reports[0].map_contact_evidence
     assert evidence is not None and evidence.shape == (raw.num_frames, 4)
     assert evidence[result.tracks[0].contacts].mean() > 0.8  # its own map backs the contacts
+    np.testing.assert_allclose(file_report.map_contact_evidence, evidence, atol=1e-5)
+    np.testing.assert_allclose(from_file.contact_confidence, result.tracks[0].contact_confidence,
+                               atol=1e-5)
     plain = estimate_video(_options(footage), estimator=WalkNetwork(raw, body_model))
-    assert np.isnan(plain.foot_map_depth[0]).all()  # no hips on that map: nothing measured
+    assert np.isnan(plain.tracks[0].foot_map_depth).all()  # no hips on that map: no depth
     assert refine_tracks(plain, body_model, _options(footage))[0].map_contact_evidence is None

@@ -49,7 +49,7 @@ class PixelSegmentationNetwork:
         boxes = np.asarray(boxes, float).reshape(-1, 4)
         h, w = image.shape[:2]
         out = {k: [] for k in ("part_labels", "crop_box", "joints2d", "rotmats", "cam_t",
-                               "betas", "focal_px", "principal_point", "image_size")}
+                               "betas", "focal_px", "principal_point", "image_size", "depth")}
         for b in boxes:
             cb = crop_box(*box_to_center_scale(b))
             u = np.floor(cb[0] + (np.arange(224) + 0.5) * (cb[2] - cb[0]) / 224).astype(int)
@@ -57,6 +57,7 @@ class PixelSegmentationNetwork:
             ok = (u[None] >= 0) & (u[None] < w) & (v[:, None] >= 0) & (v[:, None] < h)
             lab = (image[np.clip(v, 0, h - 1)][:, np.clip(u, 0, w - 1), 0] > 128) & ok
             out["part_labels"].append(lab.astype(np.uint8) * 7)
+            out["depth"].append(np.where(lab, 0.4, 0.0).astype(np.float32))
             out["crop_box"].append(cb)
             ys, xs = np.nonzero(lab)
             if len(xs) == 0:
