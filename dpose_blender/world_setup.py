@@ -154,20 +154,22 @@ def place_camera(camera_obj, motion, frame_offset: int) -> None:
 def align_to_first(armature, motion, first, frame_offset: int) -> None:
     """Move another person's rig into the first person's grounded world.
 
-    Both see the same footage camera: world_first = C_first @ inv(C_this) @ world_this, with
-    C the camera-to-world of the same source frame (the nearest frame the first person has,
-    where it lacks this one). A rig left in the camera frame (its motion could not be
-    grounded) has the camera as its world: its armature space is the camera frame.
+    Both see the same footage camera. A grounded rig moves by shared_world.world_moves (a
+    no-op for takes the refine stage already put in one world); a rig left in the camera frame
+    (its motion could not be grounded) has the camera as its world: its armature space is the
+    camera frame, placed at the first person's camera of the nearest frame.
     """
     from mathutils import Matrix
 
+    from ..dpose_core.shared_world import world_moves
+
     mine = np.asarray(motion.frame_indices)
     theirs = np.asarray(first.frame_indices)
-    nearest = np.abs(theirs[None, :] - mine[:, None]).argmin(axis=1)
     base = np.array(armature.matrix_world, dtype=np.float64)
     if is_grounded(motion):
-        move = first.camera_to_world[nearest] @ np.linalg.inv(motion.camera_to_world)
+        move = world_moves(mine, motion.camera_to_world, theirs, first.camera_to_world)
     else:
+        nearest = np.abs(theirs[None, :] - mine[:, None]).argmin(axis=1)
         move = first.camera_to_world[nearest] @ np.linalg.inv(base)
     if np.ptp(move, axis=0).max() <= _STILL:
         armature.matrix_world = Matrix((move[0] @ base).tolist())

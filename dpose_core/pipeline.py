@@ -976,7 +976,8 @@ def refine_motions(motions: dict, body_model, options: RunOptions, *,
     """The refine stage over camera-frame motions (options.ground/foot_lock/subject_height).
 
     Returns (motions, reports, not_grounded): each motion grounded in a Z-up world with its
-    camera per frame (dpose_core.refine), its RefineReport, and key -> why for the motions
+    camera per frame (dpose_core.refine), all of them in the first grounded one's world
+    (shared_world.py), its RefineReport, and key -> why for the motions
     that could not be grounded. camera_to_world maps a motion's source frame
     numbers to OpenCV-camera-to-world matrices (N,4,4) of a moving camera (any scale: fixed
     from the body); None for a still camera. A one-frame motion (an image) is grounded without
@@ -1006,7 +1007,30 @@ def refine_motions(motions: dict, body_model, options: RunOptions, *,
             line = str(exc).strip().splitlines()[0]
             _notify(warn, f"{_motion_name(key)} not grounded, kept in the camera frame: {line}")
             problems[key] = line
+    _share_world(out, reports, body_model, floored=options.ground == "auto")
     return out, reports, problems
+
+
+def _share_world(motions: dict, reports: dict, body_model, floored: bool) -> None:
+    """One camera, one world: every grounded motion moved into the first one's (in place),
+    its feet kept above that world's floor when there is one."""
+    from .refine import lift_onto_floor
+    from .shared_world import moved_motion, world_moves
+
+    grounded = [key for key in motions if key in reports]
+    if len(grounded) < 2:
+        return
+    first = motions[grounded[0]]
+    for key in grounded[1:]:
+        m = motions[key]
+        moves = world_moves(m.frame_indices, m.camera_to_world, first.frame_indices,
+                            first.camera_to_world)
+        motions[key] = moved_motion(m, moves, body_model.rest_joints(m.betas)[0])
+        if floored:
+            motions[key] = lift_onto_floor(motions[key], body_model)
+        reports[key].notes.append(f"moved into the world of {_motion_name(grounded[0])}, the "
+                                  f"first person grounded (one camera, one world); its floor "
+                                  f"and camera height above are its own fit")
 
 
 def refine_tracks(result: VideoResult, body_model, options: RunOptions, *,

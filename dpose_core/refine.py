@@ -440,6 +440,17 @@ def _single_frame_floor(points: np.ndarray, up_prior: np.ndarray, pelvis: np.nda
                                prior_weight=0.2)
 
 
+def lift_onto_floor(motion: Motion, body_model) -> Motion:
+    """A grounded motion with its legs re-solved where a foot point is below Z = 0 of its world
+    (after it was moved into another person's world, whose floor is a slightly other fit)."""
+    rest = body_model.rest_joints(motion.betas)
+    feet = grounding.foot_points(body_model, motion.betas)
+    posed = grounding.posed_skeleton(motion.rotmats, rest, body_model.parents, motion.transl)
+    rot = _lift_above_floor(motion.rotmats, posed, feet, feet.posed(posed),
+                            motion.camera_to_world[:, :3, 3])
+    return motion.replace(rotmats=rot)
+
+
 def _lift_above_floor(rotmats, transforms, feet: FootPoints, points: np.ndarray,
                       camera_centres: np.ndarray) -> np.ndarray:
     """Re-solve the legs of frames where a foot point is below Z = 0 so it rests on the floor."""

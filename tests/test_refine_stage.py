@@ -207,6 +207,65 @@ def test_a_farm_merge_is_grounded_once_like_one_run(footage, raw, body_model, tm
     assert merged.refine_reports[0].map_contact_evidence is not None
 
 
+def test_people_of_one_shot_share_one_world(raw, body_model):
+    """Two walkers 1.55 m apart, seen by one still camera over overlapping spans: grounded one
+    by one, the second is carried into the first one's world; through the camera each body
+    stays where it was (legs lifted out of the first one's floor aside), and the second still
+    stands on that floor."""
+    from dpose_core.shared_world import world_moves
+
+    truth = sw.walk(body_model, BETAS)
+    n = len(truth.transl)
+    beside = sw.Truth(truth.rotmats, truth.transl + [0.4, 1.5, 0.0], truth.contacts,
+                      truth.betas, truth.fps)
+    a = raw.select(np.arange(0, 55))
+    b = sw.network_solve(body_model, sw.to_camera(body_model, beside, STILL_CAMERA),
+                         seed=3).select(np.arange(12, n))
+    out, reports, problems = refine_motions({0: a, 1: b}, body_model, RunOptions())
+    assert problems == {} and "world of track 0" in " ".join(reports[1].notes)
+    first, second = out[0], out[1]
+    np.testing.assert_allclose(second.camera_to_world,
+                               np.broadcast_to(first.camera_to_world[0], (n - 12, 4, 4)),
+                               atol=1e-9)  # one still camera
+    pelvis = body_model.rest_joints(BETAS)[0]
+    apart = (second.transl[:43] + pelvis) - (first.transl[12:55] + pelvis)
+    print(f"\nsecond walker from the first in the shared world: "
+          f"{np.linalg.norm(apart[:, :2], axis=1).mean():.3f} m across (true 1.552), "
+          f"{apart[:, 2].mean() * 100:.2f} cm up")
+    assert np.linalg.norm(apart[:, :2], axis=1).mean() == pytest.approx(np.hypot(0.4, 1.5),
+                                                                         abs=0.03)
+    assert np.abs(apart[:, 2]).max() < 0.02
+    posed = body_model.forward(second.rotmats, second.betas, second.transl,
+                               return_vertices=False)
+    heights = foot_points(body_model, second.betas).posed(posed.joint_world_transforms)[..., 2]
+    print(f"its contacting feet in that world: {heights[second.contacts].min() * 100:.2f} to "
+          f"{heights[second.contacts].max() * 100:.2f} cm")
+    assert np.abs(heights[second.contacts]).max() < 0.02 and heights.min() > -1e-6
+    alone, _ = refine_motion(b, body_model)  # its own world: the same image
+    for m in (alone, second):
+        joints = body_model.forward(m.rotmats, m.betas, m.transl, return_vertices=False).joints
+        inv = np.linalg.inv(m.camera_to_world)
+        m.seen = np.einsum("nab,npb->npa", inv[:, :3, :3], joints[:, :22]) + inv[:, None, :3, 3]
+    upper = [0, 3, 6, 9, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]  # the legs may be lifted
+    np.testing.assert_allclose(second.seen[:, upper], alone.seen[:, upper], atol=1e-9)
+    moved = np.linalg.norm(_px(second.seen) - _px(alone.seen), axis=-1)
+    print(f"legs lifted out of the floor moved {moved.max():.2f} px at most")
+    assert moved.max() < 10.0
+    again = world_moves(second.frame_indices, second.camera_to_world, first.frame_indices,
+                        first.camera_to_world)
+    np.testing.assert_allclose(again, np.broadcast_to(np.eye(4), again.shape), atol=1e-9)
+    # Without a floor (ground none) both worlds are the camera's own, turned Z up: nothing to
+    # move, nothing to lift (Z = 0 is the camera's level there, not a floor).
+    level, _, _ = refine_motions({0: a, 1: b}, body_model, RunOptions(ground="none"))
+    own, _ = refine_motion(b, body_model, ground="none")
+    np.testing.assert_allclose(level[1].rotmats, own.rotmats, atol=1e-9)
+    np.testing.assert_allclose(level[1].transl, own.transl, atol=1e-9)
+
+
+def _px(points_cam):
+    return points_cam[..., :2] / points_cam[..., 2:3] * sw.FOCAL + sw.IMAGE_SIZE / 2
+
+
 def test_report_per_track_and_frame(footage, raw, body_model, tmp_path):
     result = estimate_video(_options(footage), estimator=WalkNetwork(raw, body_model))
     refine_tracks(result, body_model, _options(footage))
