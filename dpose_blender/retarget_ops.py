@@ -11,7 +11,6 @@ panel or on the farm, reuses the edits.
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import bpy
 from bpy.props import (
@@ -269,12 +268,10 @@ class DPOSE_OT_bone_map_export(bpy.types.Operator, ExportHelper):
         return bool(settings(context).map_target)
 
     def execute(self, context):
-        path = Path(bpy.path.abspath(self.filepath))
+        from .export_ops import check_destination
+
         try:
-            if not path.parent.is_dir():
-                raise DPoseError(f"The folder {path.parent} does not exist.")
-            if bpy.data.filepath and path.resolve() == Path(bpy.data.filepath).resolve():
-                raise DPoseError(f"{path.name} is the open .blend; choose another name.")
+            path = check_destination(self.filepath, [])  # never the open .blend
             bone_maps.save_bone_map(path, panel_bone_map(settings(context)))
         except (DPoseError, OSError) as exc:
             return _fail(self, context, _message(exc))
