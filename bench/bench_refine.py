@@ -55,19 +55,12 @@ def _clips(body_model: BodyModel, seconds: float):
     moving = sw.network_solve(body_model, sw.to_camera(body_model, truth, cams), 1)
     track = cams.copy()
     track[:, :3, 3] *= 0.37
-    return _with_foot_cues(still, body_model), _with_foot_cues(moving, body_model), track
-
-
-def _with_foot_cues(motion, body_model):
-    """The network's foot cues as a video run carries them: feet seen, and a depth map that
-    follows the solve's own foot depth (so the map evidence is fitted and used)."""
-    from dpose_core.grounding import foot_points
-
-    posed = body_model.forward(motion.rotmats, motion.betas, motion.transl,
-                               return_vertices=False)
-    points = foot_points(body_model, motion.betas).posed(posed.joint_world_transforms)
-    depth = (points[..., 2] - posed.joints[:, None, 0, 2]) / 0.45
-    return motion.replace(feet_seen=np.ones((motion.num_frames, 4)), foot_map_depth=depth)
+    # The network's foot cues as a video run carries them: feet seen, and a depth map that
+    # follows the solve's own foot depth (so the map evidence is fitted and used).
+    still, moving = (m.replace(feet_seen=np.ones((m.num_frames, 4)),
+                               foot_map_depth=sw.depth_map_of(body_model, m, 0.45))
+                     for m in (still, moving))
+    return still, moving, track
 
 
 def main() -> None:

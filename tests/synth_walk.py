@@ -199,3 +199,11 @@ def network_solve(body_model, exact: Motion, seed: int, *, joint_deg=(2.0, 4.0),
     pelvis_rest = body_model.rest_joints(exact.betas)[0]
     pelvis = (exact.transl + pelvis_rest) * (1.0 + share[:, None])
     return exact.replace(rotmats=rot, transl=pelvis - pelvis_rest)
+
+
+def depth_map_of(body_model, motion: Motion, metres_per_unit: float) -> np.ndarray:
+    """(N,4) what a depth map following the body would say of each heel/toe: its depth minus
+    the pelvis' in a camera-frame motion, in map units (foot_evidence.foot_map_depth)."""
+    posed = _forward(body_model, motion.rotmats, motion.betas, motion.transl)
+    points = foot_points(body_model, motion.betas).posed(posed.joint_world_transforms)
+    return (points[..., 2] - posed.joints[:, None, 0, 2]) / metres_per_unit

@@ -272,8 +272,7 @@ def test_depth_map_backs_or_doubts_the_contacts(body_model, walk):
     (off the floor) that contact's confidence drops; a map unrelated to the body is not used."""
     truth, exact, raw, _, _ = walk
     n = raw.num_frames
-    exact_out, exact_points = _posed(body_model, exact)
-    true_map = (exact_points[..., 2] - exact_out.joints[:, None, 0, 2]) / 0.45 + 0.1
+    true_map = sw.depth_map_of(body_model, exact, 0.45) + 0.1
     _, plain = refine_motion(raw, body_model)
     _, agreeing = refine_motion(raw.replace(foot_map_depth=true_map), body_model)
     held = plain.contacts

@@ -58,10 +58,7 @@ class WalkNetwork:
         self.motion, self.body_model, self.part = motion, body_model, part
         self.map_depth = None
         if maps:  # the solve's own heel/toe-minus-pelvis depth, in map units
-            posed = body_model.forward(motion.rotmats, motion.betas, motion.transl,
-                                       return_vertices=False)
-            points = foot_points(body_model, motion.betas).posed(posed.joint_world_transforms)
-            self.map_depth = (points[..., 2] - posed.joints[:, None, 0, 2]) / self.MAP_SCALE
+            self.map_depth = sw.depth_map_of(body_model, motion, self.MAP_SCALE)
 
     def _maps(self, rows):
         n = len(rows)
